@@ -1,0 +1,46 @@
+"""gacd_tf: Guided Adversarial Contrastive Distillation in Keras 3 / TensorFlow."""
+
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "gacd_tf" / "__init__.py").read_text())[1]
+
+TEST = ["pytest>=8", "POT>=0.9.4"]
+
+setup(
+    name="gacd_tf",
+    version=VERSION,
+    description="Distil adversarial robustness into any student (GACD, ARD, KD) with Keras 3",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["gacd_tf", "gacd_tf.*"]),
+    install_requires=[
+        "absl-py>=2.1",
+        "numpy>=1.26",
+        "keras>=3.12",
+        "tensorflow-datasets>=4.9.6",
+        "tensorboard>=2.20",  # no longer pulled in by TensorFlow 2.21
+    ],
+    extras_require={
+        # TensorFlow itself comes through one of these two extras.
+        "cpu": ["tensorflow-cpu==2.21.*"],
+        "gpu": ["tensorflow[and-cuda]==2.21.*"],
+        "test": TEST,
+        "dev": TEST + ["ruff"],
+    },
+    entry_points={
+        "console_scripts": [
+            "gacd-train-teacher=gacd_tf.programs.train_teacher:entry_point",
+            "gacd-evaluate=gacd_tf.programs.evaluate:entry_point",
+        ]
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
