@@ -1,0 +1,64 @@
+"""Loading user models safely, and checking that a model fits a dataset."""
+
+import os
+import zipfile
+
+import keras
+
+from gacd_tf.errors import ModelError
+
+
+def load_model(path, safe_mode=True):
+    """Loads a ``.keras`` model with ``safe_mode`` on (no arbitrary code).
+
+    Args:
+        path: a ``.keras`` file written by ``model.save``.
+        safe_mode: keep True for files you did not write yourself; a model
+            file from an untrusted source is code.
+
+    Raises:
+        ModelError: the file is missing, is not a ``.keras`` archive or does
+            not hold a model, each with the path and what to do.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelError(f"model file {path} does not exist; pass the .keras file a run wrote")
+    if not path.endswith(".keras") or not zipfile.is_zipfile(path):
+        raise ModelError(
+            f"{path} is not a Keras v3 model file (.keras zip archive); save models with "
+            "model.save('NAME.keras')"
+        )
+    try:
+        model = keras.saving.load_model(path, safe_mode=safe_mode, compile=False)
+    except Exception as err:  # Keras raises many types for bad archives.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"could not load a model from {path}: {first}") from err
+    if not isinstance(model, keras.Model):
+        raise ModelError(f"{path} holds a {type(model).__name__}, not a keras.Model")
+    return model
+
+
+def check_model_fits(model, info, role="model", source=None):
+    """Refuses a model whose input size or class count does not fit ``info``.
+
+    Args:
+        model: a Keras model mapping [0,1] images to logits.
+        info: the dataset's ``DatasetInfo`` (``name``, ``num_classes``,
+            ``image_size``).
+        role: "model", "teacher", ... used in the message.
+        source: where the model came from (a path), used in the message.
+    """
+    where = f" ({source})" if source else ""
+    in_shape = tuple(model.input_shape[1:]) if hasattr(model, "input_shape") else None
+    expected = (info.image_size, info.image_size, 3)
+    if in_shape is not None and None not in in_shape and in_shape != expected:
+        raise ModelError(
+            f"{role}{where} takes images of shape {in_shape} but {info.name} has {expected}; "
+            f"use a {role} built for {info.name}"
+        )
+    out_classes = model.output_shape[-1] if hasattr(model, "output_shape") else None
+    if out_classes is not None and out_classes != info.num_classes:
+        raise ModelError(
+            f"{role}{where} has {out_classes} classes but {info.name} has {info.num_classes}; "
+            f"use a {role} trained on {info.name}"
+        )
