@@ -1,0 +1,20 @@
+"""Adversarial attacks: one PGD engine, pluggable norms and objectives.
+
+An attack is called as ``attack(model, x, target) -> x_adv``; see :class:`PGD`.
+"""
+
+from gacd_tf.attacks.norms import NORMS, L2Norm, LinfNorm, get_norm
+from gacd_tf.attacks.objectives import (
+    OBJECTIVES,
+    CrossEntropy,
+    KLDivergence,
+    Objective,
+    as_outputs,
+    get_objective,
+)
+from gacd_tf.attacks.pgd import ATTACKS, FGSM, PGD, build_attack
+
+__all__ = [
+    "ATTACKS", "FGSM", "PGD", "build_attack", "NORMS", "L2Norm", "LinfNorm", "get_norm",
+    "OBJECTIVES", "CrossEntropy", "KLDivergence", "Objective", "as_outputs", "get_objective",
+]
