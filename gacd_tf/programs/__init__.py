@@ -1,0 +1,1 @@
+"""Command-line programs (absl): thin mains over the library."""

@@ -1,0 +1,121 @@
+"""Flags and plumbing shared by every gacd_tf program.
+
+Each program defines its own flags in one function and calls the
+``define_*`` helpers here for the shared groups; :func:`run` wraps ``main``
+so that a :class:`gacd_tf.errors.GacdError` ends the program with one line on
+stderr and exit code 1.
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+from absl import app, flags, logging
+
+from gacd_tf.errors import ConfigError, GacdError
+
+FLAGS = flags.FLAGS
+DATASETS = ["cifar10", "cifar100", "stl10"]
+_DEFINED = []  # names of the flags this package defines, in definition order
+
+
+def _track(define):
+    def wrapper(name, *args, **kwargs):
+        _DEFINED.append(name)
+        return define(name, *args, **kwargs)
+
+    return wrapper
+
+
+DEFINE_string = _track(flags.DEFINE_string)
+DEFINE_integer = _track(flags.DEFINE_integer)
+DEFINE_float = _track(flags.DEFINE_float)
+DEFINE_bool = _track(flags.DEFINE_bool)
+DEFINE_enum = _track(flags.DEFINE_enum)
+DEFINE_list = _track(flags.DEFINE_list)
+
+
+def define_data_flags(train=True):
+    DEFINE_enum("dataset", "cifar10", DATASETS, "Dataset name.")
+    DEFINE_string(
+        "data_dir", os.environ.get("GACD_DATA_DIR") or None,
+        "Folder with the dataset's official binary files (offline). Unset: "
+        "tensorflow-datasets downloads it. Defaults to $GACD_DATA_DIR.")
+    if train:
+        DEFINE_integer("train_examples", None, "Use a deterministic class-balanced subset "
+                       "of this many training examples.", lower_bound=1)
+    DEFINE_integer("test_examples", None, "Evaluate on a deterministic class-balanced subset "
+                   "of this many test examples (default: the whole test split).", lower_bound=1)
+    DEFINE_integer("batch_size", 128, "Global batch size.", lower_bound=1)
+    DEFINE_integer("seed", 0, "Random seed (weights, data order, augmentation, attacks).")
+
+
+def define_attack_flags():
+    """The evaluation threat model (SPEC: PGD-20, eps 8/255, step 2/255, l_inf)."""
+    DEFINE_enum("attack", "pgd", ["pgd", "fgsm"], "Evaluation attack.")
+    DEFINE_integer("attack_steps", 20, "Evaluation PGD steps.", lower_bound=0)
+    DEFINE_float("eps", 8 / 255, "Attack radius in [0,1] pixel units.", lower_bound=0.0)
+    DEFINE_float("step_size", 2 / 255, "PGD step size.", lower_bound=0.0)
+    DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat-model norm.")
+    flags.register_validator(
+        "step_size", lambda v: v > 0, message="--step_size must be > 0")
+
+
+def eval_attack_from_flags():
+    from gacd_tf.attacks import build_attack
+
+    kwargs = dict(eps=FLAGS.eps, norm=FLAGS.norm, seed=FLAGS.seed)
+    if FLAGS.attack == "pgd":
+        kwargs.update(step_size=FLAGS.step_size, steps=FLAGS.attack_steps)
+    return build_attack(FLAGS.attack, **kwargs)
+
+
+def flag_values():
+    """The values of this package's flags, as a JSON-able dict."""
+    return {name: FLAGS[name].value for name in _DEFINED if name in FLAGS}
+
+
+def write_json(path, obj):
+    """Writes ``obj`` as JSON atomically (temporary file, then rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def prepare_output_dir(path, flag="--model_dir"):
+    """Creates ``path`` if needed and checks it is writable."""
+    if not path:
+        raise ConfigError(f"{flag} is required: the folder where outputs are written")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-")
+        probe.close()
+    except OSError as err:
+        raise ConfigError(f"{flag}={path} is not a writable folder ({err.strerror}); "
+                          "choose another folder") from err
+    return path
+
+
+def setup_runtime(seed):
+    """Quiet TF start-up logs and seed Python, NumPy and TF/Keras."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    logging.set_verbosity(logging.INFO)
+
+
+def run(main):
+    """``app.run(main)``, turning a GacdError into one line on stderr and exit 1."""
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except GacdError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
+
+    app.run(guarded)

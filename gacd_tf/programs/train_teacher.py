@@ -1,0 +1,149 @@
+"""gacd-train-teacher: adversarially train a robust teacher (Madry PGD-AT or TRADES).
+
+Writes into --model_dir: flags.json, model.keras (last epoch), best.keras
+(best validation robust accuracy, when --val_examples > 0), metrics.json
+(natural and PGD robust accuracy of model.keras on the test split),
+train_log.csv and TensorBoard logs in logs/.
+
+Example:
+    gacd-train-teacher --flagfile=flags/quickstart.cfg --model_dir=runs/quickstart
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import time  # noqa: E402
+
+from absl import flags, logging  # noqa: E402
+
+from gacd_tf.programs import common  # noqa: E402
+from gacd_tf.programs.common import FLAGS  # noqa: E402
+
+
+def define_flags():
+    common.define_data_flags(train=True)
+    common.define_attack_flags()
+    common.DEFINE_string("model_dir", None, "Output folder (created if needed).")
+    common.DEFINE_string("arch", "resnet20", "Architecture name from the model zoo.")
+    common.DEFINE_integer("epochs", 100, "Training epochs.", lower_bound=1)
+    common.DEFINE_float("learning_rate", 0.1, "Initial SGD learning rate.", lower_bound=0.0)
+    common.DEFINE_float("momentum", 0.9, "SGD momentum.", lower_bound=0.0, upper_bound=1.0)
+    common.DEFINE_float("weight_decay", 5e-4, "Coupled (PyTorch-style) L2 coefficient.",
+                        lower_bound=0.0)
+    common.DEFINE_enum("lr_schedule", "step", ["step", "cosine", "constant"],
+                       "Learning-rate schedule.")
+    common.DEFINE_list("lr_decay_epochs", ["50%", "75%"],
+                       "Step schedule: epochs (or % of --epochs) where the lr is multiplied "
+                       "by --lr_decay_factor.")
+    common.DEFINE_float("lr_decay_factor", 0.1, "Step schedule factor.", lower_bound=0.0)
+    common.DEFINE_integer("train_attack_steps", 10, "PGD steps of the training attack.",
+                          lower_bound=1)
+    common.DEFINE_float("train_step_size", None, "PGD step size of the training attack "
+                        "(default: --step_size).", lower_bound=0.0)
+    common.DEFINE_float("trades_beta", None, "TRADES beta; unset trains Madry PGD-AT.",
+                        lower_bound=0.0)
+    common.DEFINE_integer("val_examples", 500, "Test examples attacked after each epoch to "
+                          "pick best.keras (0: no validation).", lower_bound=0)
+    common.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
+    common.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
+    flags.mark_flag_as_required("model_dir")
+
+
+def lr_schedule(steps_per_epoch):
+    import keras
+
+    from gacd_tf.errors import ConfigError
+
+    total = FLAGS.epochs * steps_per_epoch
+    if FLAGS.lr_schedule == "constant":
+        return FLAGS.learning_rate
+    if FLAGS.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(FLAGS.learning_rate, decay_steps=total)
+    boundaries = []
+    for item in FLAGS.lr_decay_epochs:
+        try:
+            epoch = (float(item[:-1]) / 100 * FLAGS.epochs) if item.endswith("%") else float(item)
+        except ValueError:
+            raise ConfigError(f"--lr_decay_epochs entry {item!r} is not a number or N%") from None
+        boundaries.append(int(round(epoch * steps_per_epoch)))
+    if boundaries != sorted(boundaries):
+        raise ConfigError(f"--lr_decay_epochs={','.join(FLAGS.lr_decay_epochs)} must increase")
+    if not boundaries:
+        return FLAGS.learning_rate
+    values = [FLAGS.learning_rate * FLAGS.lr_decay_factor**i for i in range(len(boundaries) + 1)]
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+def main(argv):
+    del argv
+    import keras
+
+    from gacd_tf.attacks import PGD
+    from gacd_tf.data import load_split, make_dataset
+    from gacd_tf.evaluation import evaluate_robustness
+    from gacd_tf.models import build_model
+    from gacd_tf.trainers import AdversarialTrainer
+    from gacd_tf.trainers.checkpoint import ModelCheckpoint
+
+    model_dir = common.prepare_output_dir(FLAGS.model_dir)
+    common.setup_runtime(FLAGS.seed)
+    common.write_json(os.path.join(model_dir, "flags.json"), common.flag_values())
+
+    train = load_split(FLAGS.dataset, "train", FLAGS.data_dir, FLAGS.train_examples)
+    test = load_split(FLAGS.dataset, "test", FLAGS.data_dir, FLAGS.test_examples)
+    info = train.info
+    logging.info("%s: %d training, %d test examples", info.name, len(train.labels),
+                 len(test.labels))
+    train_ds = make_dataset(train, FLAGS.batch_size, training=True, seed=FLAGS.seed,
+                            augment=FLAGS.augment)
+    steps_per_epoch = max(1, len(train.labels) // FLAGS.batch_size)  # drop_remainder
+    val_ds = None
+    if FLAGS.val_examples:
+        val = load_split(FLAGS.dataset, "test", FLAGS.data_dir,
+                         min(FLAGS.val_examples, len(test.labels)))
+        val_ds = make_dataset(val, FLAGS.batch_size, training=False)
+
+    model = build_model(FLAGS.arch, num_classes=info.num_classes,
+                        input_shape=(info.image_size, info.image_size, 3),
+                        mean=info.mean, std=info.std)
+    attack = PGD(eps=FLAGS.eps, step_size=FLAGS.train_step_size or FLAGS.step_size,
+                 steps=FLAGS.train_attack_steps,
+                 norm=FLAGS.norm, seed=FLAGS.seed)
+    trainer = AdversarialTrainer(model, attack=attack, trades_beta=FLAGS.trades_beta,
+                                 weight_decay=FLAGS.weight_decay)
+    trainer.compile(optimizer=keras.optimizers.SGD(
+        lr_schedule(steps_per_epoch), momentum=FLAGS.momentum))
+
+    model_path = os.path.join(model_dir, "model.keras")
+    callbacks = [
+        ModelCheckpoint(model_path, os.path.join(model_dir, "best.keras") if val_ds else None),
+        keras.callbacks.TensorBoard(os.path.join(model_dir, "logs")),
+        keras.callbacks.CSVLogger(os.path.join(model_dir, "train_log.csv")),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    start = time.time()
+    # shuffle=False: the tf.data pipeline already shuffles (seeded) every epoch.
+    trainer.fit(train_ds, epochs=FLAGS.epochs, validation_data=val_ds, callbacks=callbacks,
+                verbose=FLAGS.verbose, shuffle=False)
+    train_seconds = time.time() - start
+
+    logging.info("evaluating %s on %d test examples", model_path, len(test.labels))
+    result = evaluate_robustness(model, make_dataset(test, FLAGS.batch_size, training=False),
+                                 common.eval_attack_from_flags(), verbose=FLAGS.verbose)
+    result.update(dataset=info.name, split="test", arch=FLAGS.arch, model="model.keras",
+                  train_seconds=round(train_seconds, 1),
+                  train_attack=attack.get_config(), trades_beta=FLAGS.trades_beta)
+    common.write_json(os.path.join(model_dir, "metrics.json"), result)
+    print(f"natural_accuracy={result['natural_accuracy']:.4f} "
+          f"robust_accuracy={result['robust_accuracy']:.4f} "
+          f"({result['num_examples']} test examples) -> {model_dir}")
+
+
+def entry_point():
+    define_flags()
+    common.run(main)
+
+
+if __name__ == "__main__":
+    entry_point()

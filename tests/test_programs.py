@@ -1,0 +1,111 @@
+"""The absl programs end to end, in subprocesses, on tiny data in the official layout."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gacd_tf.data import write_cifar10
+
+
+def run_program(module, *args, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("GACD_DATA_DIR", None)
+    return subprocess.run([sys.executable, "-m", f"gacd_tf.programs.{module}", *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar10(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cifar10")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 20)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        write_cifar10(folder, split, images, labels)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tiny_cifar10, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("teacher")
+    result = run_program(
+        "train_teacher", f"--data_dir={tiny_cifar10}", "--arch=resnet8", "--epochs=1",
+        "--batch_size=8", "--train_attack_steps=1", "--attack_steps=2", "--val_examples=10",
+        f"--model_dir={model_dir}", "--verbose=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir, result
+
+
+def test_train_teacher_writes_model_metrics_and_flags(teacher_run):
+    model_dir, result = teacher_run
+    for name in ("model.keras", "best.keras", "flags.json", "metrics.json", "train_log.csv"):
+        assert (model_dir / name).is_file(), name
+    assert (model_dir / "logs").is_dir()
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["num_examples"] == 20
+    assert 0 <= metrics["robust_accuracy"] <= metrics["natural_accuracy"] + 0.1 <= 1.1
+    assert metrics["attack"]["steps"] == 2 and metrics["train_attack"]["steps"] == 1
+    flags = json.loads((model_dir / "flags.json").read_text())
+    assert flags["arch"] == "resnet8" and flags["epochs"] == 1 and flags["seed"] == 0
+    assert "natural_accuracy=" in result.stdout
+
+
+def test_evaluate_reads_the_teacher_and_writes_json(teacher_run, tiny_cifar10, tmp_path):
+    model_dir, _ = teacher_run
+    out = tmp_path / "sub" / "eval.json"
+    result = run_program("evaluate", f"--model={model_dir / 'model.keras'}",
+                         f"--data_dir={tiny_cifar10}", "--attack_steps=2", "--batch_size=8",
+                         "--test_examples=10", f"--output={out}", "--verbose=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(out.read_text())
+    assert {"natural_accuracy", "robust_accuracy", "attack", "num_examples"} <= set(metrics)
+    assert metrics["num_examples"] == 10 and metrics["attack"]["steps"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data_dir={missing}"], "does not exist"),
+    (["--dataset=cifar100", "--data_dir={data}"], "must hold the official binary files"),
+    (["--model={model_dir}/flags.json"], "is not a Keras v3 model file"),
+    (["--model={data}/nothing.keras"], "does not exist"),
+    (["--eps=-1"], "eps"),
+])
+def test_evaluate_bad_input_fails_with_one_clear_line(teacher_run, tiny_cifar10, tmp_path,
+                                                      args, message):
+    model_dir, _ = teacher_run
+    fill = dict(missing=tmp_path / "nope", data=tiny_cifar10, model_dir=model_dir)
+    base = {"--model": f"{model_dir / 'model.keras'}", "--data_dir": f"{tiny_cifar10}"}
+    for arg in args:
+        key, value = arg.split("=", 1)
+        base[key] = value.format(**fill)
+    result = run_program("evaluate", *[f"{k}={v}" for k, v in base.items()], "--verbose=0")
+    assert result.returncode != 0
+    assert message in result.stderr
+    if message != "eps":
+        lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+        assert len(lines) == 1, result.stderr
+
+
+def test_evaluate_refuses_a_model_with_the_wrong_class_count(teacher_run, tmp_path):
+    from gacd_tf.data import write_cifar100
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    write_cifar100(tmp_path, "test", images, np.arange(10), np.arange(10) % 20)
+    model_dir, _ = teacher_run
+    result = run_program("evaluate", f"--model={model_dir / 'model.keras'}", "--dataset=cifar100",
+                         f"--data_dir={tmp_path}", "--verbose=0")
+    assert result.returncode == 1
+    assert "has 10 classes but cifar100 has 100" in result.stderr
+
+
+def test_train_teacher_refuses_an_unwritable_model_dir(tiny_cifar10, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run_program("train_teacher", f"--data_dir={tiny_cifar10}",
+                         f"--model_dir={blocker}/sub", "--epochs=1")
+    assert result.returncode == 1
+    assert "is not a writable folder" in result.stderr
