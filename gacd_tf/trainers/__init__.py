@@ -2,5 +2,6 @@
 
 from gacd_tf.trainers.adversarial_trainer import AdversarialTrainer
 from gacd_tf.trainers.common import l2_penalty, unpack_batch
+from gacd_tf.trainers.robust_trainer import RobustTrainer, accuracy
 
-__all__ = ["AdversarialTrainer", "l2_penalty", "unpack_batch"]
+__all__ = ["AdversarialTrainer", "RobustTrainer", "accuracy", "l2_penalty", "unpack_batch"]

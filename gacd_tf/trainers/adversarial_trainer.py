@@ -1,20 +1,21 @@
 """Madry PGD adversarial training, with TRADES as an option."""
 
-import keras
 import tensorflow as tf
 
 from gacd_tf.attacks import PGD, KLDivergence
 from gacd_tf.errors import ConfigError
-from gacd_tf.trainers.common import MeanTrackers, l2_penalty, per_example_ce, unpack_batch
+from gacd_tf.trainers.common import per_example_ce, unpack_batch
+from gacd_tf.trainers.robust_trainer import RobustTrainer, accuracy
 
 
-class AdversarialTrainer(keras.Model):
+class AdversarialTrainer(RobustTrainer):
     """Trains ``model`` on adversarial examples made inside ``train_step``.
 
     Madry (default): ``loss = CE(model(x_adv), y)`` with ``x_adv`` = PGD on the
     cross-entropy. TRADES (``trades_beta`` set): ``loss = CE(model(x), y) +
     beta * KL(softmax(model(x)) || softmax(model(x_adv)))`` with ``x_adv`` = PGD
     on that KL. Both add a coupled L2 term (``weight_decay``, PyTorch-style).
+    Also used for adversarial fine-tuning (AFT) of distilled students.
 
     Batches are ``(image, label, index)`` (the index is ignored here). The
     progress bar and TensorBoard show ``loss``, ``adv_accuracy`` (on the
@@ -41,37 +42,21 @@ class AdversarialTrainer(keras.Model):
 
     def __init__(self, model, attack=None, trades_beta=None, weight_decay=5e-4,
                  eval_attack=None, **kwargs):
-        super().__init__(**kwargs)
         if trades_beta is not None and trades_beta < 0:
             raise ConfigError(f"trades_beta must be >= 0, got {trades_beta}")
-        self.model = model
-        self.trades_beta = trades_beta
-        self.weight_decay = weight_decay
-        self.attack = attack if attack is not None else PGD(steps=10)
+        attack = attack if attack is not None else PGD(steps=10)
+        names = ["loss", "adv_accuracy"] + (["nat_accuracy"] if trades_beta is not None else [])
         # Validation always measures robustness to the CE attack.
-        self.eval_attack = eval_attack if eval_attack is not None else self.attack
+        super().__init__(model, names, weight_decay=weight_decay,
+                         eval_attack=eval_attack if eval_attack is not None else attack, **kwargs)
+        self.trades_beta = trades_beta
+        self.attack = attack
         if trades_beta is not None:
             # TRADES ascends KL(p_clean || p_adv) with the same ball and steps.
-            cfg = self.attack
-            self.attack = type(cfg)(
-                eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps, norm=cfg.norm,
-                random_start=cfg.random_start, objective=KLDivergence(), seed=cfg.seed,
+            self.attack = type(attack)(
+                eps=attack.eps, step_size=attack.step_size, steps=attack.steps, norm=attack.norm,
+                random_start=attack.random_start, objective=KLDivergence(), seed=attack.seed,
             )
-        names = ["loss", "adv_accuracy"] + (["nat_accuracy"] if trades_beta is not None else [])
-        self._train_trackers = MeanTrackers(names)
-        self._test_trackers = MeanTrackers(["loss", "nat_accuracy", "adv_accuracy"])
-
-    @property
-    def metrics(self):
-        return list(self._train_trackers) + list(self._test_trackers)
-
-    def call(self, x, training=False):
-        return self.model(x, training=training)
-
-    @staticmethod
-    def _accuracy(labels, logits):
-        return tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                tf.cast(labels, tf.int32)), tf.float32)
 
     def train_step(self, data):
         x, y, _ = unpack_batch(data)
@@ -88,26 +73,12 @@ class AdversarialTrainer(keras.Model):
                 loss = tf.reduce_mean(per_example_ce(y, logits_adv))
             else:
                 logits_nat = self.model(x, training=True)
-                p_nat = tf.nn.softmax(logits_nat)
-                kl = KLDivergence()({"logits": logits_adv}, p_nat)
-                loss = tf.reduce_mean(per_example_ce(y, logits_nat)) + self.trades_beta * tf.reduce_mean(kl)
-            total = loss + l2_penalty(weights, self.weight_decay)
-        grads = tape.gradient(total, weights)
-        self.optimizer.apply(grads, weights)
+                kl = KLDivergence()({"logits": logits_adv}, tf.nn.softmax(logits_nat))
+                loss = (tf.reduce_mean(per_example_ce(y, logits_nat))
+                        + self.trades_beta * tf.reduce_mean(kl))
+        self.apply_update(tape, loss, weights)
 
-        values = {"loss": loss, "adv_accuracy": self._accuracy(y, logits_adv)}
+        values = {"loss": loss, "adv_accuracy": accuracy(y, logits_adv)}
         if self.trades_beta is not None:
-            values["nat_accuracy"] = self._accuracy(y, logits_nat)
-        self._train_trackers.update(**values)
-        return self._train_trackers.result()
-
-    def test_step(self, data):
-        x, y, _ = unpack_batch(data)
-        logits = self.model(x, training=False)
-        x_adv = self.eval_attack(self.model, x, y)
-        self._test_trackers.update(
-            loss=tf.reduce_mean(per_example_ce(y, logits)),
-            nat_accuracy=self._accuracy(y, logits),
-            adv_accuracy=self._accuracy(y, self.model(x_adv, training=False)),
-        )
-        return self._test_trackers.result()
+            values["nat_accuracy"] = accuracy(y, logits_nat)
+        return self.report(**values)

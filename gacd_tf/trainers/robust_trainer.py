@@ -1,0 +1,73 @@
+"""The base of every trainer: one network trained by a custom ``train_step``."""
+
+import keras
+import tensorflow as tf
+
+from gacd_tf.attacks import PGD
+from gacd_tf.trainers.common import MeanTrackers, l2_penalty, per_example_ce, unpack_batch
+
+
+def accuracy(labels, logits):
+    """Per-example 0/1 correctness of ``argmax(logits)``."""
+    predicted = tf.argmax(logits, -1, output_type=tf.int32)
+    return tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
+
+
+class RobustTrainer(keras.Model):
+    """Shared machinery of the trainers (adversarial training and distillers).
+
+    Subclasses write ``train_step``; this class gives them the network
+    ``self.model`` (what ``fit`` trains and what gets saved), the gradient
+    update with the coupled L2 term (:meth:`apply_update`), loss trackers
+    listed in ``metrics``, and a ``test_step`` reporting natural and
+    adversarial accuracy under ``eval_attack`` (PGD on the cross-entropy).
+
+    Args:
+        model: the network being trained, [0,1] images -> logits.
+        train_metrics: names of the trackers ``train_step`` updates.
+        weight_decay: coupled L2 coefficient (PyTorch SGD ``weight_decay``).
+        eval_attack: attack of ``test_step`` (default PGD-10, eps 8/255).
+        **kwargs: passed to ``keras.Model``.
+    """
+
+    def __init__(self, model, train_metrics, weight_decay=5e-4, eval_attack=None, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+        self.weight_decay = weight_decay
+        self.eval_attack = eval_attack if eval_attack is not None else PGD(steps=10)
+        self._train_trackers = MeanTrackers(train_metrics)
+        self._test_trackers = MeanTrackers(["loss", "nat_accuracy", "adv_accuracy"])
+
+    @property
+    def metrics(self):
+        return list(self._train_trackers) + list(self._test_trackers)
+
+    def call(self, x, training=False):
+        return self.model(x, training=training)
+
+    def apply_update(self, tape, loss, weights):
+        """Adds the L2 term on ``self.model``'s weights, then one optimizer step.
+
+        ``tape`` must have recorded ``loss``; ``weights`` are all the
+        variables to train (the network's, plus e.g. embedding heads).
+        """
+        with tape:
+            total = loss + l2_penalty(self.model.trainable_weights, self.weight_decay)
+        grads = tape.gradient(total, weights)
+        self.optimizer.apply(grads, weights)
+
+    def report(self, **values):
+        """Updates the training trackers and returns their results (train_step's return)."""
+        self._train_trackers.update(**values)
+        return self._train_trackers.result()
+
+    def test_step(self, data):
+        x, y, _ = unpack_batch(data)
+        logits = self.model(x, training=False)
+        x_adv = self.eval_attack(self.model, x, y)
+        self._test_trackers.update(
+            loss=tf.reduce_mean(per_example_ce(y, logits)),
+            nat_accuracy=accuracy(y, logits),
+            adv_accuracy=accuracy(y, self.model(x_adv, training=False)),
+        )
+        return self._test_trackers.result()
