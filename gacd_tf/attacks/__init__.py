@@ -1,4 +1,5 @@
-"""Adversarial attacks: one PGD engine, pluggable norms and objectives.
+"""Adversarial attacks: one PGD engine, pluggable norms and objectives
+("ce", "kl", and "ot": the optimal-transport feature distance of Feature Scattering).
 
 An attack is called as ``attack(model, x, target) -> x_adv``; see :class:`PGD`.
 """
@@ -12,9 +13,11 @@ from gacd_tf.attacks.objectives import (
     as_outputs,
     get_objective,
 )
+from gacd_tf.attacks.ot_objective import OptimalTransport
 from gacd_tf.attacks.pgd import ATTACKS, FGSM, PGD, build_attack
 
 __all__ = [
     "ATTACKS", "FGSM", "PGD", "build_attack", "NORMS", "L2Norm", "LinfNorm", "get_norm",
-    "OBJECTIVES", "CrossEntropy", "KLDivergence", "Objective", "as_outputs", "get_objective",
+    "OBJECTIVES", "CrossEntropy", "KLDivergence", "Objective", "OptimalTransport", "as_outputs",
+    "get_objective",
 ]

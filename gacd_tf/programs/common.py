@@ -62,6 +62,46 @@ def define_attack_flags():
         "step_size", lambda v: v > 0, message="--step_size must be > 0")
 
 
+def define_optimizer_flags(epochs=100, learning_rate=0.1):
+    """SGD with momentum, coupled L2 and a step / cosine / constant schedule."""
+    DEFINE_integer("epochs", epochs, "Training epochs.", lower_bound=1)
+    DEFINE_float("learning_rate", learning_rate, "Initial SGD learning rate.", lower_bound=0.0)
+    DEFINE_float("momentum", 0.9, "SGD momentum.", lower_bound=0.0, upper_bound=1.0)
+    DEFINE_float("weight_decay", 5e-4, "Coupled (PyTorch-style) L2 coefficient.",
+                 lower_bound=0.0)
+    DEFINE_enum("lr_schedule", "step", ["step", "cosine", "constant"], "Learning-rate schedule.")
+    DEFINE_list("lr_decay_epochs", ["50%", "75%"],
+                "Step schedule: epochs (or % of the epochs) where the lr is multiplied by "
+                "--lr_decay_factor.")
+    DEFINE_float("lr_decay_factor", 0.1, "Step schedule factor.", lower_bound=0.0)
+
+
+def optimizer_from_flags(steps_per_epoch, epochs=None, learning_rate=None):
+    """``keras.optimizers.SGD`` with the flags' schedule over ``epochs`` epochs."""
+    import keras
+
+    epochs = FLAGS.epochs if epochs is None else epochs
+    lr = FLAGS.learning_rate if learning_rate is None else learning_rate
+    total = epochs * steps_per_epoch
+    schedule = lr
+    if FLAGS.lr_schedule == "cosine":
+        schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total)
+    elif FLAGS.lr_schedule == "step":
+        boundaries = []
+        for item in FLAGS.lr_decay_epochs:
+            try:
+                epoch = float(item[:-1]) / 100 * epochs if item.endswith("%") else float(item)
+            except ValueError:
+                raise ConfigError(f"--lr_decay_epochs entry {item!r} is not a number or N%") from None
+            boundaries.append(int(round(epoch * steps_per_epoch)))
+        if boundaries != sorted(boundaries):
+            raise ConfigError(f"--lr_decay_epochs={','.join(FLAGS.lr_decay_epochs)} must increase")
+        if boundaries:
+            values = [lr * FLAGS.lr_decay_factor**i for i in range(len(boundaries) + 1)]
+            schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    return keras.optimizers.SGD(schedule, momentum=FLAGS.momentum)
+
+
 def eval_attack_from_flags():
     from gacd_tf.attacks import build_attack
 
@@ -98,6 +138,18 @@ def prepare_output_dir(path, flag="--model_dir"):
         raise ConfigError(f"{flag}={path} is not a writable folder ({err.strerror}); "
                           "choose another folder") from err
     return path
+
+
+def training_callbacks(model_dir, name, checkpoint):
+    """TensorBoard (``logs/NAME``), a CSV log (``NAME_log.csv``), NaN stop, ``checkpoint``."""
+    import keras
+
+    return [
+        checkpoint,
+        keras.callbacks.TensorBoard(os.path.join(model_dir, "logs", name)),
+        keras.callbacks.CSVLogger(os.path.join(model_dir, f"{name}_log.csv")),
+        keras.callbacks.TerminateOnNaN(),
+    ]
 
 
 def setup_runtime(seed):

@@ -3,7 +3,7 @@
 Writes into --model_dir: flags.json, model.keras (last epoch), best.keras
 (best validation robust accuracy, when --val_examples > 0), metrics.json
 (natural and PGD robust accuracy of model.keras on the test split),
-train_log.csv and TensorBoard logs in logs/.
+train_log.csv and TensorBoard logs in logs/train/.
 
 Example:
     gacd-train-teacher --flagfile=flags/quickstart.cfg --model_dir=runs/quickstart
@@ -26,17 +26,7 @@ def define_flags():
     common.define_attack_flags()
     common.DEFINE_string("model_dir", None, "Output folder (created if needed).")
     common.DEFINE_string("arch", "resnet20", "Architecture name from the model zoo.")
-    common.DEFINE_integer("epochs", 100, "Training epochs.", lower_bound=1)
-    common.DEFINE_float("learning_rate", 0.1, "Initial SGD learning rate.", lower_bound=0.0)
-    common.DEFINE_float("momentum", 0.9, "SGD momentum.", lower_bound=0.0, upper_bound=1.0)
-    common.DEFINE_float("weight_decay", 5e-4, "Coupled (PyTorch-style) L2 coefficient.",
-                        lower_bound=0.0)
-    common.DEFINE_enum("lr_schedule", "step", ["step", "cosine", "constant"],
-                       "Learning-rate schedule.")
-    common.DEFINE_list("lr_decay_epochs", ["50%", "75%"],
-                       "Step schedule: epochs (or % of --epochs) where the lr is multiplied "
-                       "by --lr_decay_factor.")
-    common.DEFINE_float("lr_decay_factor", 0.1, "Step schedule factor.", lower_bound=0.0)
+    common.define_optimizer_flags(epochs=100, learning_rate=0.1)
     common.DEFINE_integer("train_attack_steps", 10, "PGD steps of the training attack.",
                           lower_bound=1)
     common.DEFINE_float("train_step_size", None, "PGD step size of the training attack "
@@ -50,35 +40,8 @@ def define_flags():
     flags.mark_flag_as_required("model_dir")
 
 
-def lr_schedule(steps_per_epoch):
-    import keras
-
-    from gacd_tf.errors import ConfigError
-
-    total = FLAGS.epochs * steps_per_epoch
-    if FLAGS.lr_schedule == "constant":
-        return FLAGS.learning_rate
-    if FLAGS.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(FLAGS.learning_rate, decay_steps=total)
-    boundaries = []
-    for item in FLAGS.lr_decay_epochs:
-        try:
-            epoch = (float(item[:-1]) / 100 * FLAGS.epochs) if item.endswith("%") else float(item)
-        except ValueError:
-            raise ConfigError(f"--lr_decay_epochs entry {item!r} is not a number or N%") from None
-        boundaries.append(int(round(epoch * steps_per_epoch)))
-    if boundaries != sorted(boundaries):
-        raise ConfigError(f"--lr_decay_epochs={','.join(FLAGS.lr_decay_epochs)} must increase")
-    if not boundaries:
-        return FLAGS.learning_rate
-    values = [FLAGS.learning_rate * FLAGS.lr_decay_factor**i for i in range(len(boundaries) + 1)]
-    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-
-
 def main(argv):
     del argv
-    import keras
-
     from gacd_tf.attacks import PGD
     from gacd_tf.data import load_split, make_dataset
     from gacd_tf.evaluation import evaluate_robustness
@@ -112,16 +75,11 @@ def main(argv):
                  norm=FLAGS.norm, seed=FLAGS.seed)
     trainer = AdversarialTrainer(model, attack=attack, trades_beta=FLAGS.trades_beta,
                                  weight_decay=FLAGS.weight_decay)
-    trainer.compile(optimizer=keras.optimizers.SGD(
-        lr_schedule(steps_per_epoch), momentum=FLAGS.momentum))
+    trainer.compile(optimizer=common.optimizer_from_flags(steps_per_epoch))
 
     model_path = os.path.join(model_dir, "model.keras")
-    callbacks = [
-        ModelCheckpoint(model_path, os.path.join(model_dir, "best.keras") if val_ds else None),
-        keras.callbacks.TensorBoard(os.path.join(model_dir, "logs")),
-        keras.callbacks.CSVLogger(os.path.join(model_dir, "train_log.csv")),
-        keras.callbacks.TerminateOnNaN(),
-    ]
+    callbacks = common.training_callbacks(model_dir, "train", ModelCheckpoint(
+        model_path, os.path.join(model_dir, "best.keras") if val_ds else None))
     start = time.time()
     # shuffle=False: the tf.data pipeline already shuffles (seeded) every epoch.
     trainer.fit(train_ds, epochs=FLAGS.epochs, validation_data=val_ds, callbacks=callbacks,

@@ -1,7 +1,22 @@
-"""Trainers: one ``keras.Model`` per method, each with its own ``train_step``."""
+"""Trainers: one ``keras.Model`` per method, each with its own ``train_step``.
 
+``AdversarialTrainer`` (teachers, AFT), ``KDDistiller``, ``ARDDistiller`` and
+``GACDDistiller``; all are driven by ``compile``/``fit``. ``METHODS`` maps the
+``gacd-distill --method`` names to the distillers.
+"""
+
+from gacd_tf.registry import Registry
 from gacd_tf.trainers.adversarial_trainer import AdversarialTrainer
+from gacd_tf.trainers.ard_distiller import ARDDistiller
 from gacd_tf.trainers.common import l2_penalty, unpack_batch
+from gacd_tf.trainers.distiller import Distiller, check_teacher_fits_student
+from gacd_tf.trainers.gacd_distiller import GACDDistiller
+from gacd_tf.trainers.kd_distiller import KDDistiller
+from gacd_tf.trainers.memory_bank import MemoryBank
 from gacd_tf.trainers.robust_trainer import RobustTrainer, accuracy
 
-__all__ = ["AdversarialTrainer", "RobustTrainer", "accuracy", "l2_penalty", "unpack_batch"]
+__all__ = [
+    "AdversarialTrainer", "ARDDistiller", "Distiller", "GACDDistiller", "KDDistiller",
+    "MemoryBank", "RobustTrainer", "accuracy", "check_teacher_fits_student", "l2_penalty",
+    "unpack_batch",
+]

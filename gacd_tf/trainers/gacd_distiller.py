@@ -1,0 +1,142 @@
+"""Guided Adversarial Contrastive Distillation (GACD)."""
+
+import keras
+import tensorflow as tf
+
+from gacd_tf.attacks import PGD, OptimalTransport
+from gacd_tf.data.negative_sampling import OtherClassSampler
+from gacd_tf.errors import ConfigError
+from gacd_tf.losses import initial_log_z, nce_logits, reweighted_nce_loss
+from gacd_tf.models import feature_dim, features_and_logits
+from gacd_tf.trainers.common import per_example_ce, unpack_batch
+from gacd_tf.trainers.distiller import Distiller
+from gacd_tf.trainers.memory_bank import MemoryBank
+from gacd_tf.trainers.robust_trainer import accuracy
+
+TEACHER_INPUTS = ("adversarial", "natural")
+
+
+class GACDDistiller(Distiller):
+    """Distils a teacher's robust features into a student by reweighted NCE.
+
+    Each step (SPEC "GACD"):
+
+    1. positives ``x+``: PGD against the *student* ascending the OT distance
+       between its representation of the clean and the adversarial batch
+       (default one step of size eps from a random start, features);
+    2. teacher on ``x+`` (``teacher_input="adversarial"``, Algorithm 1) or
+       on ``x`` ("natural"); sample weight ``w = softmax(z_T)[y]`` (or 1);
+    3. embeddings ``e_S = l2norm(W_S f_S(x+))`` (live, with gradient) and
+       ``e_T = l2norm(W_T f_T)``; ``k`` negatives per sample from other
+       classes, scored against the student memory bank (no gradient);
+    4. ``L = w_nce * L_GACD + w_ce * CE(z_S(x+), y)``; the student and both
+       embedding heads are trained, the teacher is not;
+    5. ``bank[idx] <- l2norm(m bank[idx] + (1 - m) e_S)``.
+
+    ``symmetric=True`` adds CRD's student-anchored term against a bank of
+    teacher embeddings. Batches must carry the per-sample index
+    ``(image, label, index)``.
+
+    Args:
+        student, teacher: networks exposing features (see
+            :func:`gacd_tf.models.features_and_logits`); teacher frozen.
+        train_labels: int labels [M] of the whole training set by sample
+            index (negative sampling; M sizes the bank).
+        embed_dim: d (128).
+        nce_k: negatives per sample (16384).
+        nce_t: temperature T (0.1, paper).
+        nce_momentum: bank momentum m (0.5).
+        w_nce, w_ce: loss weights (0.8, 1.0).
+        attack: the positive-generating attack (default OT, 1 step of eps).
+        teacher_input: "adversarial" or "natural".
+        reweight: teacher-confidence weights (True; False = plain NCE ablation).
+        symmetric: add the student-anchored CRD term.
+        seed: seed of the bank initialisation, negatives and heads.
+        **kwargs: passed to :class:`Distiller` (``weight_decay``, ``eval_attack``).
+
+    Example:
+    >>> gacd = GACDDistiller(build_model("resnet20"), teacher, train.labels)  # doctest: +SKIP
+    >>> gacd.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    >>> gacd.fit(make_dataset(train, 64, training=True), epochs=1)
+
+    Reference:
+        Bai et al., "Feature Distillation With Guided Adversarial Contrastive
+        Learning"; Tian et al., "Contrastive Representation Distillation",
+        ICLR 2020; Zhang & Wang, "Feature Scattering", NeurIPS 2019.
+    """
+
+    def __init__(self, student, teacher, train_labels, embed_dim=128, nce_k=16384, nce_t=0.1,
+                 nce_momentum=0.5, w_nce=0.8, w_ce=1.0, attack=None,
+                 teacher_input="adversarial", reweight=True, symmetric=False, seed=None,
+                 **kwargs):
+        names = ["loss", "nce_loss", "ce_loss", "adv_accuracy", "teacher_weight"]
+        super().__init__(student, teacher, names, **kwargs)
+        if teacher_input not in TEACHER_INPUTS:
+            raise ConfigError(f"teacher_input must be one of {TEACHER_INPUTS}, got {teacher_input!r}")
+        if int(nce_k) < 1:
+            raise ConfigError(f"nce_k must be >= 1, got {nce_k}")
+        if not nce_t > 0:
+            raise ConfigError(f"nce_t (temperature) must be > 0, got {nce_t}")
+        if not 0 <= nce_momentum < 1:
+            raise ConfigError(f"nce_momentum must be in [0, 1), got {nce_momentum}")
+        self.nce_k, self.nce_t = int(nce_k), float(nce_t)
+        self.w_nce, self.w_ce = w_nce, w_ce
+        self.teacher_input, self.reweight, self.symmetric = teacher_input, reweight, symmetric
+        self.attack = attack if attack is not None else PGD(
+            eps=8 / 255, step_size=8 / 255, steps=1, objective=OptimalTransport("features"),
+            seed=seed)
+        if not hasattr(self.attack.objective, "target_from"):
+            raise ConfigError("GACD's attack needs an objective with target_from (e.g. 'ot')")
+
+        self.student_fl = features_and_logits(student)
+        self.teacher_fl = features_and_logits(teacher)
+        self.sampler = OtherClassSampler(train_labels, student.output_shape[-1], seed=seed)
+        self.num_data = self.sampler.num_data
+        init = keras.initializers.GlorotUniform(seed=seed)
+        self.student_embed = keras.layers.Dense(embed_dim, kernel_initializer=init,
+                                                name="student_embed")
+        self.teacher_embed = keras.layers.Dense(embed_dim, kernel_initializer=init,
+                                                name="teacher_embed")
+        self.student_embed.build((None, feature_dim(student)))
+        self.teacher_embed.build((None, feature_dim(teacher)))
+        self.student_bank = MemoryBank(self.num_data, embed_dim, nce_momentum, seed=seed,
+                                       name="student_bank")
+        self.teacher_bank = (MemoryBank(self.num_data, embed_dim, nce_momentum, seed=seed,
+                                        name="teacher_bank") if symmetric else None)
+
+    def _nce(self, anchors, positives, bank, negatives, weight):
+        pos, neg = nce_logits(anchors, positives, bank.bank, negatives, self.nce_t)
+        log_z = bank.log_z_once(initial_log_z(pos, neg, self.num_data))
+        return reweighted_nce_loss(pos, neg, log_z, self.num_data, weight)
+
+    def train_step(self, data):
+        x, y, idx = unpack_batch(data)
+        if idx is None:
+            raise ConfigError("GACD needs batches of (image, label, index): use "
+                              "gacd_tf.data.make_dataset, whose index feeds the memory bank")
+        idx = tf.cast(idx, tf.int32)
+        clean = self.attack.objective.target_from(self.student_fl(x, training=False))
+        x_pos = self.attack(self.student_fl, x, clean)
+        teacher_x = x_pos if self.teacher_input == "adversarial" else x
+        teacher_features, teacher_logits = self.teacher_fl(teacher_x, training=False)
+        weight = (self.teacher_confidence(teacher_logits, y) if self.reweight
+                  else tf.ones_like(teacher_logits[:, 0]))
+        negatives = self.sampler(y, self.nce_k)
+
+        weights = (self.student.trainable_weights + self.student_embed.trainable_weights
+                   + self.teacher_embed.trainable_weights)
+        with tf.GradientTape() as tape:
+            features, logits = self.student_fl(x_pos, training=True)
+            e_s = tf.math.l2_normalize(self.student_embed(features), axis=-1)
+            e_t = tf.math.l2_normalize(self.teacher_embed(teacher_features), axis=-1)
+            nce = self._nce(e_t, e_s, self.student_bank, negatives, weight)
+            if self.symmetric:
+                nce += self._nce(e_s, e_t, self.teacher_bank, negatives, weight)
+            ce = tf.reduce_mean(per_example_ce(y, logits))
+            loss = self.w_nce * nce + self.w_ce * ce
+        self.apply_update(tape, loss, weights)
+        self.student_bank.update(idx, e_s)
+        if self.symmetric:
+            self.teacher_bank.update(idx, e_t)
+        return self.report(loss=loss, nce_loss=nce, ce_loss=ce,
+                           adv_accuracy=accuracy(y, logits), teacher_weight=weight)
