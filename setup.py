@@ -37,6 +37,7 @@ setup(
         "console_scripts": [
             "gacd-train-teacher=gacd_tf.programs.train_teacher:entry_point",
             "gacd-evaluate=gacd_tf.programs.evaluate:entry_point",
+            "gacd-distill=gacd_tf.programs.distill:entry_point",
         ]
     },
     classifiers=[

@@ -109,3 +109,48 @@ def test_train_teacher_refuses_an_unwritable_model_dir(tiny_cifar10, tmp_path):
                          f"--model_dir={blocker}/sub", "--epochs=1")
     assert result.returncode == 1
     assert "is not a writable folder" in result.stderr
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("kd", []),
+    ("ard", ["--reweight"]),
+    ("gacd", ["--aft_epochs=1", "--nce_k=16", "--embed_dim=8", "--symmetric"]),
+])
+def test_distill_each_method_writes_student_and_metrics(teacher_run, tiny_cifar10, tmp_path,
+                                                        method, extra):
+    teacher_dir, _ = teacher_run
+    out = tmp_path / method
+    result = run_program(
+        "distill", f"--method={method}", f"--teacher={teacher_dir / 'model.keras'}",
+        "--arch=resnet8", f"--data_dir={tiny_cifar10}", "--epochs=1", "--batch_size=8",
+        "--train_attack_steps=1", "--attack_steps=1", "--val_examples=0",
+        f"--model_dir={out}", "--verbose=0", *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == method and metrics["teacher_unchanged"] is True
+    assert metrics["num_examples"] == 20 and 0 <= metrics["robust_accuracy"] <= 1
+    assert (out / "model.keras").is_file() and (out / "flags.json").is_file()
+    assert (out / "distill_log.csv").is_file()
+    if method == "gacd":
+        assert metrics["settings"]["reweight"] is True and metrics["settings"]["symmetric"]
+        assert "before_aft" in metrics and (out / "distilled.keras").is_file()
+        assert (out / "aft_log.csv").is_file()
+    if method == "ard":
+        assert metrics["settings"]["kl_reduction"] == "official"
+        assert metrics["settings"]["reweight"] is True
+
+
+def test_distill_refuses_a_teacher_for_another_dataset_before_training(teacher_run, tmp_path):
+    from gacd_tf.data import write_cifar100
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+        write_cifar100(tmp_path / "c100", split, images, np.arange(20), np.arange(20) % 20)
+    teacher_dir, _ = teacher_run
+    result = run_program("distill", f"--teacher={teacher_dir / 'model.keras'}",
+                         "--dataset=cifar100", f"--data_dir={tmp_path / 'c100'}",
+                         f"--model_dir={tmp_path / 'out'}", "--epochs=1")
+    assert result.returncode == 1
+    assert "teacher" in result.stderr and "has 10 classes but cifar100 has 100" in result.stderr
+    assert not (tmp_path / "out" / "metrics.json").exists()

@@ -1,0 +1,224 @@
+"""gacd-distill: distil a robust teacher into a student (KD, ARD or GACD), then
+optionally adversarially fine-tune it (AFT).
+
+Writes into --model_dir: flags.json, model.keras (the final student),
+distilled.keras (the student before AFT, when --aft_epochs > 0),
+metrics.json (natural and PGD robust accuracy of the final student, and of
+the distilled one before AFT, plus the method's settings), distill_log.csv /
+aft_log.csv and TensorBoard logs in logs/distill and logs/aft.
+
+Example:
+    gacd-distill --method=gacd --teacher=runs/quickstart/model.keras --arch=resnet8 \
+        --dataset=cifar10 --epochs=5 --aft_epochs=1 --model_dir=runs/gacd
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import hashlib  # noqa: E402
+import time  # noqa: E402
+
+from absl import flags, logging  # noqa: E402
+
+from gacd_tf.programs import common  # noqa: E402
+from gacd_tf.programs.common import FLAGS  # noqa: E402
+from gacd_tf.registry import Registry  # noqa: E402
+
+METHODS = Registry("distillation method")
+
+
+def define_flags():
+    common.define_data_flags(train=True)
+    common.define_attack_flags()
+    common.define_optimizer_flags(epochs=100, learning_rate=0.1)
+    common.DEFINE_enum("method", "gacd", METHODS.names(), "Distillation method.")
+    common.DEFINE_string("teacher", None, "The robust teacher, a .keras file.")
+    common.DEFINE_string("arch", "resnet20", "Student architecture from the model zoo.")
+    common.DEFINE_string("model_dir", None, "Output folder (created if needed).")
+    common.DEFINE_bool("reweight", None, "Weight each sample by the teacher's probability of "
+                       "its true class (default: on for gacd, off for ard).")
+    # KD
+    common.DEFINE_float("kd_alpha", 0.9, "KD: weight a of the KL term.", lower_bound=0.0,
+                        upper_bound=1.0)
+    common.DEFINE_float("kd_temperature", 4.0, "KD: temperature.", lower_bound=1e-6)
+    # ARD
+    common.DEFINE_float("ard_alpha", 1.0, "ARD: weight a of the KL term.", lower_bound=0.0,
+                        upper_bound=1.0)
+    common.DEFINE_float("ard_temperature", 30.0, "ARD: temperature.", lower_bound=1e-6)
+    common.DEFINE_enum("kl_reduction", "official", ["official", "batchmean"],
+                       "ARD KL reduction: 'official' = mean over batch and classes (the "
+                       "official code, (T^2/C) KL); 'batchmean' = textbook (C times stronger).")
+    common.DEFINE_integer("train_attack_steps", 10, "ARD/AFT: PGD steps of the student "
+                          "attack.", lower_bound=1)
+    common.DEFINE_float("train_step_size", None, "ARD/AFT: PGD step size (default "
+                        "--step_size).", lower_bound=0.0)
+    # GACD
+    common.DEFINE_integer("nce_k", 16384, "GACD: negatives per sample.", lower_bound=1)
+    common.DEFINE_float("nce_t", 0.1, "GACD: NCE temperature.", lower_bound=1e-6)
+    common.DEFINE_float("nce_momentum", 0.5, "GACD: memory-bank momentum.", lower_bound=0.0,
+                        upper_bound=0.999)
+    common.DEFINE_integer("embed_dim", 128, "GACD: embedding dimension.", lower_bound=1)
+    common.DEFINE_float("w_nce", 0.8, "GACD: weight of the NCE loss.", lower_bound=0.0)
+    common.DEFINE_float("w_ce", 1.0, "GACD: weight of the CE loss on x+.", lower_bound=0.0)
+    common.DEFINE_enum("teacher_input", "adversarial", ["adversarial", "natural"],
+                       "GACD: the teacher sees x+ (Algorithm 1) or the natural x.")
+    common.DEFINE_bool("symmetric", False, "GACD: add CRD's student-anchored NCE term.")
+    common.DEFINE_enum("ot_representation", "features", ["features", "logits"],
+                       "GACD: representation of the OT attack (Feature Scattering: logits).")
+    common.DEFINE_integer("ot_steps", 1, "GACD: steps of the OT attack.", lower_bound=1)
+    common.DEFINE_float("ot_step_size", None, "GACD: OT attack step size (default --eps).",
+                        lower_bound=0.0)
+    # AFT
+    common.DEFINE_integer("aft_epochs", 0, "Adversarial fine-tuning epochs after "
+                          "distillation (PGD-AT of the whole student).", lower_bound=0)
+    common.DEFINE_float("aft_learning_rate", 0.01, "AFT learning rate (constant).",
+                        lower_bound=0.0)
+    common.DEFINE_integer("val_examples", 500, "Test examples attacked after each epoch "
+                          "(0: no validation).", lower_bound=0)
+    common.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
+    common.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
+    flags.mark_flags_as_required(["teacher", "model_dir"])
+
+
+def train_attack():
+    from gacd_tf.attacks import PGD
+
+    return PGD(eps=FLAGS.eps, step_size=FLAGS.train_step_size or FLAGS.step_size,
+               steps=FLAGS.train_attack_steps, norm=FLAGS.norm, seed=FLAGS.seed)
+
+
+@METHODS.register("kd")
+def _kd(student, teacher, train):
+    from gacd_tf.trainers import KDDistiller
+
+    return KDDistiller(student, teacher, alpha=FLAGS.kd_alpha, temperature=FLAGS.kd_temperature,
+                       weight_decay=FLAGS.weight_decay), {
+        "kd_alpha": FLAGS.kd_alpha, "kd_temperature": FLAGS.kd_temperature}
+
+
+@METHODS.register("ard")
+def _ard(student, teacher, train):
+    from gacd_tf.trainers import ARDDistiller
+
+    reweight = bool(FLAGS.reweight)
+    attack = train_attack()
+    settings = {"ard_alpha": FLAGS.ard_alpha, "ard_temperature": FLAGS.ard_temperature,
+                "kl_reduction": FLAGS.kl_reduction, "reweight": reweight,
+                "attack": attack.get_config()}
+    return ARDDistiller(student, teacher, attack=attack, alpha=FLAGS.ard_alpha,
+                        temperature=FLAGS.ard_temperature, kl_reduction=FLAGS.kl_reduction,
+                        reweight=reweight, weight_decay=FLAGS.weight_decay), settings
+
+
+@METHODS.register("gacd")
+def _gacd(student, teacher, train):
+    from gacd_tf.attacks import PGD, OptimalTransport
+    from gacd_tf.trainers import GACDDistiller
+
+    reweight = True if FLAGS.reweight is None else FLAGS.reweight
+    attack = PGD(eps=FLAGS.eps, step_size=FLAGS.ot_step_size or FLAGS.eps, steps=FLAGS.ot_steps,
+                 norm=FLAGS.norm, objective=OptimalTransport(FLAGS.ot_representation),
+                 seed=FLAGS.seed)
+    settings = {name: FLAGS[name].value for name in (
+        "nce_k", "nce_t", "nce_momentum", "embed_dim", "w_nce", "w_ce", "teacher_input",
+        "symmetric", "ot_representation")}
+    settings.update(reweight=reweight, attack=attack.get_config())
+    trainer = GACDDistiller(
+        student, teacher, train.labels, embed_dim=FLAGS.embed_dim, nce_k=FLAGS.nce_k,
+        nce_t=FLAGS.nce_t, nce_momentum=FLAGS.nce_momentum, w_nce=FLAGS.w_nce, w_ce=FLAGS.w_ce,
+        attack=attack, teacher_input=FLAGS.teacher_input, reweight=reweight,
+        symmetric=FLAGS.symmetric, seed=FLAGS.seed, weight_decay=FLAGS.weight_decay)
+    return trainer, settings
+
+
+def weights_digest(model):
+    """SHA-256 of all of a model's weights (to prove the teacher stayed frozen)."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(weight.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def main(argv):
+    del argv
+    from gacd_tf.data import load_split, make_dataset
+    from gacd_tf.evaluation import evaluate_robustness
+    from gacd_tf.models import build_model
+    from gacd_tf.models.io import check_model_fits, load_model
+    from gacd_tf.trainers import AdversarialTrainer
+    from gacd_tf.trainers.checkpoint import ModelCheckpoint, save_model_atomic
+
+    model_dir = common.prepare_output_dir(FLAGS.model_dir)
+    common.setup_runtime(FLAGS.seed)
+    teacher = load_model(FLAGS.teacher)
+    train = load_split(FLAGS.dataset, "train", FLAGS.data_dir, FLAGS.train_examples)
+    info = train.info
+    check_model_fits(teacher, info, role="teacher", source=FLAGS.teacher)
+    test = load_split(FLAGS.dataset, "test", FLAGS.data_dir, FLAGS.test_examples)
+    common.write_json(os.path.join(model_dir, "flags.json"), common.flag_values())
+
+    train_ds = make_dataset(train, FLAGS.batch_size, training=True, seed=FLAGS.seed,
+                            augment=FLAGS.augment)
+    steps_per_epoch = max(1, len(train.labels) // FLAGS.batch_size)
+    val_ds = None
+    if FLAGS.val_examples:
+        val = load_split(FLAGS.dataset, "test", FLAGS.data_dir,
+                         min(FLAGS.val_examples, len(test.labels)))
+        val_ds = make_dataset(val, FLAGS.batch_size, training=False)
+    test_ds = make_dataset(test, FLAGS.batch_size, training=False)
+    eval_attack = common.eval_attack_from_flags()
+
+    student = build_model(FLAGS.arch, num_classes=info.num_classes,
+                          input_shape=(info.image_size, info.image_size, 3),
+                          mean=info.mean, std=info.std)
+    teacher_digest = weights_digest(teacher)
+    trainer, settings = METHODS.get(FLAGS.method)(student, teacher, train)
+    trainer.compile(optimizer=common.optimizer_from_flags(steps_per_epoch))
+    model_path = os.path.join(model_dir, "model.keras")
+    start = time.time()
+    trainer.fit(train_ds, epochs=FLAGS.epochs, validation_data=val_ds, shuffle=False,
+                callbacks=common.training_callbacks(model_dir, "distill",
+                                                    ModelCheckpoint(model_path)),
+                verbose=FLAGS.verbose)
+    seconds = {"distill": round(time.time() - start, 1)}
+    teacher_unchanged = weights_digest(teacher) == teacher_digest
+    if not teacher_unchanged:  # a bug, never a user error
+        raise RuntimeError("the teacher's weights changed during distillation")
+
+    result = {}
+    if FLAGS.aft_epochs:
+        save_model_atomic(student, os.path.join(model_dir, "distilled.keras"))
+        logging.info("evaluating the distilled student before AFT")
+        result["before_aft"] = evaluate_robustness(student, test_ds, eval_attack,
+                                                   verbose=FLAGS.verbose)
+        aft = AdversarialTrainer(student, attack=train_attack(),
+                                 weight_decay=FLAGS.weight_decay)
+        aft.compile(optimizer=common.optimizer_from_flags(
+            steps_per_epoch, epochs=FLAGS.aft_epochs, learning_rate=FLAGS.aft_learning_rate))
+        start = time.time()
+        aft.fit(train_ds, epochs=FLAGS.aft_epochs, validation_data=val_ds, shuffle=False,
+                callbacks=common.training_callbacks(model_dir, "aft", ModelCheckpoint(model_path)),
+                verbose=FLAGS.verbose)
+        seconds["aft"] = round(time.time() - start, 1)
+
+    logging.info("evaluating %s on %d test examples", model_path, len(test.labels))
+    result.update(evaluate_robustness(student, test_ds, eval_attack, verbose=FLAGS.verbose))
+    result.update(method=FLAGS.method, settings=settings, arch=FLAGS.arch, teacher=FLAGS.teacher,
+                  dataset=info.name, split="test", model="model.keras",
+                  aft_epochs=FLAGS.aft_epochs, train_seconds=seconds,
+                  teacher_unchanged=teacher_unchanged)
+    common.write_json(os.path.join(model_dir, "metrics.json"), result)
+    print(f"{FLAGS.method}{'+aft' if FLAGS.aft_epochs else ''}: "
+          f"natural_accuracy={result['natural_accuracy']:.4f} "
+          f"robust_accuracy={result['robust_accuracy']:.4f} "
+          f"({result['num_examples']} test examples) -> {model_dir}")
+
+
+def entry_point():
+    define_flags()
+    common.run(main)
+
+
+if __name__ == "__main__":
+    entry_point()
