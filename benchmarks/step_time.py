@@ -1,12 +1,19 @@
-"""Seconds per training step: natural vs PGD adversarial training.
+"""Seconds per training step of every trainer, and what the extra work costs.
 
-Prints a table (seconds/step, images/s) and the ratio
-PGD-AT / ((K + 1) x natural): a PGD-K step makes K forward/backward passes
-for the attack plus one for the update, so ~1.0 means the attack costs no
-more than the passes it needs.
+Table 1 (teacher training): natural step vs PGD-K adversarial step, and the
+ratio PGD-AT / ((K + 1) x natural) (a PGD-K step makes K attack passes plus
+one training pass, so ~1.0 means no overhead beyond those passes).
+
+Table 2 (distillation, same student/teacher/batch): KD, ARD (PGD-K), GACD
+with its default 1-step OT attack and GACD with a K-step OT attack, plus the
+ratios GACD/ARD at equal attack steps (target <= 1.05) and
+GACD / (sum of its network passes) where the passes are timed alone:
+student inference forward, K student attack passes (forward + input
+gradient), teacher forward, one student training step.
 
 Example:
-    python benchmarks/step_time.py --arch=resnet20 --batch_size=128 --attack_steps=10
+    python benchmarks/step_time.py --arch=resnet20 --teacher_arch=resnet20 \
+        --batch_size=128 --attack_steps=10 --nce_k=16384 --num_data=50000
 """
 
 import os
@@ -16,60 +23,116 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
-flags.DEFINE_string("arch", "resnet20", "Architecture.")
+flags.DEFINE_string("arch", "resnet20", "Architecture of the trained network / student.")
+flags.DEFINE_string("teacher_arch", "resnet20", "Teacher architecture (distillation rows).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_integer("attack_steps", 10, "K, the PGD steps of the adversarial step.")
+flags.DEFINE_integer("attack_steps", 10, "K: PGD steps of the adversarial/ARD step.")
 flags.DEFINE_integer("num_classes", 10, "Classes.")
 flags.DEFINE_integer("image_size", 32, "Input size.")
+flags.DEFINE_integer("nce_k", 16384, "GACD negatives.")
+flags.DEFINE_integer("num_data", 50000, "GACD memory-bank size M.")
+flags.DEFINE_bool("distill", True, "Also time the distillers.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps (tracing).")
-flags.DEFINE_integer("repeats", 5, "Timed steps.")
+flags.DEFINE_integer("repeats", 5, "Timed steps (median).")
 FLAGS = flags.FLAGS
 
 
-def time_steps(trainer, x, y):
+def median_seconds(fn):
     for _ in range(FLAGS.warmup):
-        trainer.train_on_batch(x, y)
+        fn()
     times = []
     for _ in range(FLAGS.repeats):
         start = time.perf_counter()
-        trainer.train_on_batch(x, y)
+        fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def fit_step_seconds(trainer, batch):
+    """Median time of ``trainer.train_step`` compiled as fit would."""
+    import keras
+
+    trainer.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+    trainer.make_train_function()
+    iterator = iter([batch] * (FLAGS.warmup + FLAGS.repeats))
+    return median_seconds(lambda: trainer.train_function(iterator))
+
+
+def print_table(title, rows):
+    print(f"\n{title}")
+    print(f"{'step':<28}{'s/step':>10}{'images/s':>12}")
+    for label, seconds in rows:
+        print(f"{label:<28}{seconds:>10.3f}{FLAGS.batch_size / seconds:>12.1f}")
 
 
 def main(argv):
     del argv
     import keras
+    import tensorflow as tf
 
-    from gacd_tf.attacks import PGD
-    from gacd_tf.models import build_model
-    from gacd_tf.trainers import AdversarialTrainer
+    logging.set_verbosity(logging.ERROR)  # each trainer traces its own step: no retrace warnings
+
+    from gacd_tf.attacks import PGD, OptimalTransport
+    from gacd_tf.models import build_model, features_and_logits
+    from gacd_tf.trainers import AdversarialTrainer, ARDDistiller, GACDDistiller, KDDistiller
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    size = FLAGS.image_size
-    x = rng.uniform(0, 1, (FLAGS.batch_size, size, size, 3)).astype("float32")
-    y = rng.integers(0, FLAGS.num_classes, FLAGS.batch_size).astype("int32")
-    k = FLAGS.attack_steps
+    size, b, k = FLAGS.image_size, FLAGS.batch_size, FLAGS.attack_steps
+    shape = (size, size, 3)
+    x = tf.constant(rng.uniform(0, 1, (b,) + shape).astype("float32"))
+    y = tf.constant(rng.integers(0, FLAGS.num_classes, b).astype("int32"))
+    idx = tf.constant(rng.choice(FLAGS.num_data, b, replace=False).astype("int32"))
+    batch = (x, y, idx)
 
-    rows = []
-    for label, attack in [("natural", PGD(steps=0, random_start=False)),
-                          (f"PGD-{k} AT", PGD(steps=k, seed=0))]:
-        model = build_model(FLAGS.arch, num_classes=FLAGS.num_classes,
-                            input_shape=(size, size, 3))
-        trainer = AdversarialTrainer(model, attack=attack)
-        trainer.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
-        rows.append((label, time_steps(trainer, x, y)))
+    def student():
+        return build_model(FLAGS.arch, num_classes=FLAGS.num_classes, input_shape=shape)
 
-    print(f"\narch={FLAGS.arch} batch={FLAGS.batch_size} image={size} K={k} "
-          f"(median of {FLAGS.repeats} steps)")
-    print(f"{'step':<14}{'s/step':>10}{'images/s':>12}")
-    for label, seconds in rows:
-        print(f"{label:<14}{seconds:>10.3f}{FLAGS.batch_size / seconds:>12.1f}")
+    rows = [(label, fit_step_seconds(AdversarialTrainer(student(), attack=attack), batch))
+            for label, attack in [("natural", PGD(steps=0, random_start=False)),
+                                  (f"PGD-{k} AT", PGD(steps=k, seed=0))]]
+    print_table(f"Teacher training: arch={FLAGS.arch} batch={b} image={size} K={k} "
+                f"(median of {FLAGS.repeats})", rows)
     natural, adversarial = rows[0][1], rows[1][1]
-    print(f"ratio PGD-{k} AT / ({k}+1) x natural = {adversarial / ((k + 1) * natural):.3f}")
+    print(f"ratio PGD-{k} AT / (({k}+1) x natural) = {adversarial / ((k + 1) * natural):.3f}")
+    if not FLAGS.distill:
+        return
+
+    teacher = build_model(FLAGS.teacher_arch, num_classes=FLAGS.num_classes, input_shape=shape)
+    labels = rng.integers(0, FLAGS.num_classes, FLAGS.num_data).astype("int32")
+
+    def gacd(steps):
+        attack = PGD(eps=8 / 255, step_size=8 / 255, steps=steps, seed=0,
+                     objective=OptimalTransport("features"))
+        return GACDDistiller(student(), teacher, labels, nce_k=FLAGS.nce_k, attack=attack, seed=0)
+
+    rows = [
+        ("KD", fit_step_seconds(KDDistiller(student(), teacher), batch)),
+        (f"ARD (PGD-{k})", fit_step_seconds(
+            ARDDistiller(student(), teacher, attack=PGD(steps=k, seed=0)), batch)),
+        ("GACD (OT, 1 step)", fit_step_seconds(gacd(1), batch)),
+        (f"GACD (OT, {k} steps)", fit_step_seconds(gacd(k), batch)),
+    ]
+
+    # The network passes of a GACD step, each timed alone.
+    s_fl, t_fl = features_and_logits(student()), features_and_logits(teacher)
+    forward_s = median_seconds(tf.function(lambda: s_fl(x, training=False)))
+    forward_t = median_seconds(tf.function(lambda: t_fl(x, training=False)))
+    one_pass = PGD(steps=1, random_start=False)
+    attack_pass = median_seconds(tf.function(lambda: one_pass(s_fl, x, y)))
+    passes = {s: forward_s + s * attack_pass + forward_t + natural for s in (1, k)}
+    rows += [(f"passes of GACD (1 step)", passes[1]), (f"passes of GACD ({k} steps)", passes[k])]
+    print_table(f"Distillation: student={FLAGS.arch} teacher={FLAGS.teacher_arch} batch={b} "
+                f"nce_k={FLAGS.nce_k} M={FLAGS.num_data} (median of {FLAGS.repeats})", rows)
+    times = dict(rows)
+    print(f"ratio GACD ({k} OT steps) / ARD (PGD-{k})      = "
+          f"{times[f'GACD (OT, {k} steps)'] / times[f'ARD (PGD-{k})']:.3f}   (target <= 1.05)")
+    print(f"ratio GACD (1 step) / its network passes  = "
+          f"{times['GACD (OT, 1 step)'] / passes[1]:.3f}")
+    print(f"ratio GACD ({k} steps) / its network passes = "
+          f"{times[f'GACD (OT, {k} steps)'] / passes[k]:.3f}")
 
 
 if __name__ == "__main__":
