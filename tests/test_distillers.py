@@ -118,3 +118,27 @@ def test_gacd_needs_sample_indices():
 def test_a_teacher_with_other_classes_is_refused(method):
     with pytest.raises(ModelError, match="teacher .* has 5 classes but student .* has 3"):
         make(method, tiny(2, name="student"), tiny(1, classes=5, name="teacher"))
+
+
+def test_gacd_state_checkpoint_holds_the_bank_and_z(tmp_path):
+    from gacd_tf.trainers.checkpoint import ModelCheckpoint
+
+    def build():
+        trainer = make("gacd", tiny(2, name="student"), tiny(1, width=6, name="teacher"))
+        trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+        return trainer
+
+    trainer = build()
+    ckpt = ModelCheckpoint(str(tmp_path / "model.keras"),
+                           state_path=str(tmp_path / "distiller.weights.h5"))
+    trainer.fit(dataset(), epochs=1, verbose=0, callbacks=[ckpt])
+    restored = build()
+    assert not np.array_equal(restored.student_bank.bank.numpy(),
+                              trainer.student_bank.bank.numpy())
+    restored.load_weights(tmp_path / "distiller.weights.h5")
+    np.testing.assert_array_equal(restored.student_bank.bank.numpy(),
+                                  trainer.student_bank.bank.numpy())
+    assert float(restored.student_bank.log_z.numpy()) == float(trainer.student_bank.log_z.numpy())
+    assert float(restored.student_bank.z_is_set.numpy()) == 1.0
+    np.testing.assert_array_equal(restored.student_embed.kernel.numpy(),
+                                  trainer.student_embed.kernel.numpy())

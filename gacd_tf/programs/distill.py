@@ -3,6 +3,8 @@ optionally adversarially fine-tune it (AFT).
 
 Writes into --model_dir: flags.json, model.keras (the final student),
 distilled.keras (the student before AFT, when --aft_epochs > 0),
+distiller.weights.h5 (every variable of the distiller after the last epoch:
+student, embedding heads, GACD memory bank and Z),
 metrics.json (natural and PGD robust accuracy of the final student, and of
 the distilled one before AFT, plus the method's settings), distill_log.csv /
 aft_log.csv and TensorBoard logs in logs/distill and logs/aft.
@@ -178,8 +180,8 @@ def main(argv):
     model_path = os.path.join(model_dir, "model.keras")
     start = time.time()
     trainer.fit(train_ds, epochs=FLAGS.epochs, validation_data=val_ds, shuffle=False,
-                callbacks=common.training_callbacks(model_dir, "distill",
-                                                    ModelCheckpoint(model_path)),
+                callbacks=common.training_callbacks(model_dir, "distill", ModelCheckpoint(
+                    model_path, state_path=os.path.join(model_dir, "distiller.weights.h5"))),
                 verbose=FLAGS.verbose)
     seconds = {"distill": round(time.time() - start, 1)}
     teacher_unchanged = weights_digest(teacher) == teacher_digest

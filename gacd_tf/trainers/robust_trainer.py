@@ -37,6 +37,9 @@ class RobustTrainer(keras.Model):
         self.eval_attack = eval_attack if eval_attack is not None else PGD(steps=10)
         self._train_trackers = MeanTrackers(train_metrics)
         self._test_trackers = MeanTrackers(["loss", "nat_accuracy", "adv_accuracy"])
+        # Every sub-network arrives built (and subclasses build their own parts
+        # in __init__), so the trainer can save/load weights before any call.
+        self.built = True
 
     @property
     def metrics(self):
