@@ -58,16 +58,23 @@ class OtherClassSampler:
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def _table(self):
-        """[C, M]: row c = a random permutation of the samples of classes != c."""
+        """[C, M]: row c starts with a random permutation of the samples of classes != c.
+
+        Row c is a permutation of all M samples: first the ``pool[c]`` other-class
+        samples in permuted order, then class c's own. Fixed shapes throughout
+        (no data-dependent ``tf.where``), so it also compiles under XLA.
+        """
         keys = keras.random.uniform([self.num_data], seed=self.seed_generator)
         perm = tf.cast(tf.argsort(keys), tf.int32)
         other = tf.not_equal(tf.gather(self.labels, perm)[None, :],
                              tf.range(self.num_classes)[:, None])  # [C, M]
-        slot = tf.cumsum(tf.cast(other, tf.int32), axis=1) - 1
-        where = tf.where(other)  # [(c, j)]
-        target = tf.stack([tf.cast(where[:, 0], tf.int32), tf.gather_nd(slot, where)], axis=1)
-        values = tf.gather(perm, tf.cast(where[:, 1], tf.int32))
-        return tf.scatter_nd(target, values, [self.num_classes, self.num_data])
+        other_slot = tf.cumsum(tf.cast(other, tf.int32), axis=1) - 1
+        same_slot = self.pool_sizes[:, None] + tf.cumsum(1 - tf.cast(other, tf.int32), axis=1) - 1
+        slot = tf.where(other, other_slot, same_slot)  # a permutation of 0..M-1 per row
+        rows = tf.broadcast_to(tf.range(self.num_classes)[:, None], tf.shape(slot))
+        values = tf.broadcast_to(perm[None, :], tf.shape(slot))
+        return tf.scatter_nd(tf.stack([rows, slot], axis=-1), values,
+                             [self.num_classes, self.num_data])
 
     def __call__(self, anchor_labels, k):
         """Negative indices ``[B, k]`` (int32) for anchors with ``anchor_labels`` [B]."""

@@ -76,17 +76,18 @@ def define_optimizer_flags(epochs=100, learning_rate=0.1):
     DEFINE_float("lr_decay_factor", 0.1, "Step schedule factor.", lower_bound=0.0)
 
 
-def optimizer_from_flags(steps_per_epoch, epochs=None, learning_rate=None):
-    """``keras.optimizers.SGD`` with the flags' schedule over ``epochs`` epochs."""
+def optimizer_from_flags(steps_per_epoch, epochs=None, learning_rate=None, lr_schedule=None):
+    """``keras.optimizers.SGD`` with a schedule (default ``--lr_schedule``) over ``epochs``."""
     import keras
 
     epochs = FLAGS.epochs if epochs is None else epochs
     lr = FLAGS.learning_rate if learning_rate is None else learning_rate
+    lr_schedule = lr_schedule or FLAGS.lr_schedule
     total = epochs * steps_per_epoch
     schedule = lr
-    if FLAGS.lr_schedule == "cosine":
+    if lr_schedule == "cosine":
         schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total)
-    elif FLAGS.lr_schedule == "step":
+    elif lr_schedule == "step":
         boundaries = []
         for item in FLAGS.lr_decay_epochs:
             try:

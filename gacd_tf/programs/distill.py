@@ -77,7 +77,7 @@ def define_flags():
     common.DEFINE_float("aft_learning_rate", 0.01, "AFT learning rate (constant).",
                         lower_bound=0.0)
     common.DEFINE_integer("val_examples", 500, "Test examples attacked after each epoch "
-                          "(0: no validation).", lower_bound=0)
+                          "with the training attack (0: no validation).", lower_bound=0)
     common.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
     common.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
     flags.mark_flags_as_required(["teacher", "model_dir"])
@@ -95,7 +95,7 @@ def _kd(student, teacher, train):
     from gacd_tf.trainers import KDDistiller
 
     return KDDistiller(student, teacher, alpha=FLAGS.kd_alpha, temperature=FLAGS.kd_temperature,
-                       weight_decay=FLAGS.weight_decay), {
+                       weight_decay=FLAGS.weight_decay, eval_attack=train_attack()), {
         "kd_alpha": FLAGS.kd_alpha, "kd_temperature": FLAGS.kd_temperature}
 
 
@@ -110,7 +110,8 @@ def _ard(student, teacher, train):
                 "attack": attack.get_config()}
     return ARDDistiller(student, teacher, attack=attack, alpha=FLAGS.ard_alpha,
                         temperature=FLAGS.ard_temperature, kl_reduction=FLAGS.kl_reduction,
-                        reweight=reweight, weight_decay=FLAGS.weight_decay), settings
+                        reweight=reweight, weight_decay=FLAGS.weight_decay,
+                        eval_attack=train_attack()), settings
 
 
 @METHODS.register("gacd")
@@ -130,7 +131,8 @@ def _gacd(student, teacher, train):
         student, teacher, train.labels, embed_dim=FLAGS.embed_dim, nce_k=FLAGS.nce_k,
         nce_t=FLAGS.nce_t, nce_momentum=FLAGS.nce_momentum, w_nce=FLAGS.w_nce, w_ce=FLAGS.w_ce,
         attack=attack, teacher_input=FLAGS.teacher_input, reweight=reweight,
-        symmetric=FLAGS.symmetric, seed=FLAGS.seed, weight_decay=FLAGS.weight_decay)
+        symmetric=FLAGS.symmetric, seed=FLAGS.seed, weight_decay=FLAGS.weight_decay,
+        eval_attack=train_attack())
     return trainer, settings
 
 
@@ -197,7 +199,8 @@ def main(argv):
         aft = AdversarialTrainer(student, attack=train_attack(),
                                  weight_decay=FLAGS.weight_decay)
         aft.compile(optimizer=common.optimizer_from_flags(
-            steps_per_epoch, epochs=FLAGS.aft_epochs, learning_rate=FLAGS.aft_learning_rate))
+            steps_per_epoch, epochs=FLAGS.aft_epochs, learning_rate=FLAGS.aft_learning_rate,
+            lr_schedule="constant"))
         start = time.time()
         aft.fit(train_ds, epochs=FLAGS.aft_epochs, validation_data=val_ds, shuffle=False,
                 callbacks=common.training_callbacks(model_dir, "aft", ModelCheckpoint(model_path)),

@@ -90,19 +90,26 @@ class GACDDistiller(Distiller):
 
         self.student_fl = features_and_logits(student)
         self.teacher_fl = features_and_logits(teacher)
-        self.sampler = OtherClassSampler(train_labels, student.output_shape[-1], seed=seed)
+        # Distinct sub-seeds, so the two heads, the two banks and the sampler
+        # never start from the same random numbers.
+        def sub_seed(offset):
+            return None if seed is None else seed + offset
+
+        self.sampler = OtherClassSampler(train_labels, student.output_shape[-1], seed=sub_seed(1))
         self.num_data = self.sampler.num_data
-        init = keras.initializers.GlorotUniform(seed=seed)
-        self.student_embed = keras.layers.Dense(embed_dim, kernel_initializer=init,
-                                                name="student_embed")
-        self.teacher_embed = keras.layers.Dense(embed_dim, kernel_initializer=init,
-                                                name="teacher_embed")
+        self.student_embed = keras.layers.Dense(
+            embed_dim, kernel_initializer=keras.initializers.GlorotUniform(sub_seed(2)),
+            name="student_embed")
+        self.teacher_embed = keras.layers.Dense(
+            embed_dim, kernel_initializer=keras.initializers.GlorotUniform(sub_seed(3)),
+            name="teacher_embed")
         self.student_embed.build((None, feature_dim(student)))
         self.teacher_embed.build((None, feature_dim(teacher)))
-        self.student_bank = MemoryBank(self.num_data, embed_dim, nce_momentum, seed=seed,
+        self.student_bank = MemoryBank(self.num_data, embed_dim, nce_momentum, seed=sub_seed(4),
                                        name="student_bank")
-        self.teacher_bank = (MemoryBank(self.num_data, embed_dim, nce_momentum, seed=seed,
-                                        name="teacher_bank") if symmetric else None)
+        self.teacher_bank = (MemoryBank(self.num_data, embed_dim, nce_momentum,
+                                        seed=sub_seed(5), name="teacher_bank")
+                             if symmetric else None)
 
     def _nce(self, anchors, positives, bank, negatives, weight):
         pos, neg = nce_logits(anchors, positives, bank.bank, negatives, self.nce_t)

@@ -49,13 +49,14 @@ class RobustTrainer(keras.Model):
         return self.model(x, training=training)
 
     def apply_update(self, tape, loss, weights):
-        """Adds the L2 term on ``self.model``'s weights, then one optimizer step.
+        """Adds the coupled L2 term on ``weights``, then one optimizer step.
 
         ``tape`` must have recorded ``loss``; ``weights`` are all the
-        variables to train (the network's, plus e.g. embedding heads).
+        variables to train (the network's, plus e.g. embedding heads, which
+        are decayed too, as in RepDistiller).
         """
         with tape:
-            total = loss + l2_penalty(self.model.trainable_weights, self.weight_decay)
+            total = loss + l2_penalty(weights, self.weight_decay)
         grads = tape.gradient(total, weights)
         self.optimizer.apply(grads, weights)
 
