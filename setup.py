@@ -25,6 +25,7 @@ setup(
         "keras>=3.12",
         "tensorflow-datasets>=4.9.6",
         "tensorboard>=2.20",  # no longer pulled in by TensorFlow 2.21
+        "importlib_resources",  # tensorflow-datasets 4.9 downloads need it but do not declare it
     ],
     extras_require={
         # TensorFlow itself comes through one of these two extras.
