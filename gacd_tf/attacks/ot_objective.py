@@ -8,6 +8,7 @@ and the adversarial batch's representation.
 import tensorflow as tf
 
 from gacd_tf.attacks.objectives import OBJECTIVES, Objective, as_outputs
+from gacd_tf.distribute import all_gather
 from gacd_tf.errors import ConfigError
 from gacd_tf.losses.sinkhorn import _check_sinkhorn_args, sinkhorn_distance
 
@@ -77,8 +78,11 @@ class OptimalTransport(Objective):
         return tf.stop_gradient(self.representation_of(outputs))
 
     def __call__(self, outputs, target):
-        adversarial = self.representation_of(outputs)
-        clean = tf.stop_gradient(tf.cast(target, adversarial.dtype))
+        # The OT distance couples the whole batch: under tf.distribute it is
+        # computed on the gathered global batch (all_gather is differentiable),
+        # so each replica ascends the same objective as a single device.
+        adversarial = all_gather(self.representation_of(outputs))
+        clean = tf.stop_gradient(tf.cast(all_gather(target), adversarial.dtype))
         return sinkhorn_distance(
             clean, adversarial, epsilon=self.epsilon, max_iters=self.max_iters,
             threshold=self.threshold, reduction="none",

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from gacd_tf.attacks.norms import get_norm
 from gacd_tf.attacks.objectives import get_objective
+from gacd_tf.distribute import all_gather, local_rows, num_replicas
 from gacd_tf.errors import ConfigError
 from gacd_tf.registry import Registry
 
@@ -20,7 +21,9 @@ class PGD:
     where ``dir`` is ``sign`` for l_inf and ``g / ||g||_2`` for l_2. The model
     is called with ``training=False`` (inference-mode batch norm, no dropout).
     The loop is a ``tf.while_loop``, so the attack runs eagerly, inside
-    ``tf.function`` and inside a Keras ``train_step``.
+    ``tf.function`` and inside a Keras ``train_step`` (unrolled in Python
+    under a multi-replica ``tf.distribute`` strategy, where objectives may
+    synchronise replicas).
 
     Args:
         eps: radius of the ball, in [0, 1] pixel units (l_inf default 8/255).
@@ -69,7 +72,10 @@ class PGD:
         """The starting point: ``x`` or a random point of the ball around it."""
         if not self.random_start or self.eps == 0:
             return x
-        delta = self.norm.random_perturbation(x, self.eps, self.seed_generator)
+        # Drawn for the global batch and sliced, so a replica's start equals
+        # the single-device start of the same examples.
+        delta = self.norm.random_perturbation(all_gather(x), self.eps, self.seed_generator)
+        delta = local_rows(delta, tf.shape(x)[0])
         return tf.clip_by_value(x + delta, 0.0, 1.0)
 
     def project(self, x_adv, x):
@@ -101,12 +107,18 @@ class PGD:
         """
         x = tf.convert_to_tensor(x, tf.float32)
         x_adv = self.start(x)
-        if self.steps > 0:
 
-            def body(i, x_adv):
-                grad = self.gradient(model, x_adv, target)
-                return i + 1, self.project(self.step(x_adv, grad), x)
+        def body(i, x_adv):
+            grad = self.gradient(model, x_adv, target)
+            return i + 1, self.project(self.step(x_adv, grad), x)
 
+        if num_replicas() > 1:
+            # Under tf.distribute an objective may synchronise replicas (the OT
+            # distance gathers the batch), which tf.distribute forbids inside
+            # a while_loop: unroll the steps in Python instead.
+            for i in range(self.steps):
+                _, x_adv = body(i, x_adv)
+        elif self.steps > 0:
             _, x_adv = tf.while_loop(
                 lambda i, _: i < self.steps,
                 body,

@@ -101,9 +101,14 @@ def depthwise_conv(x, kernel_size=3, strides=1, name=None):
 
 
 def batch_norm(x, name):
-    """Batch normalisation with PyTorch defaults (gamma 1, beta 0)."""
+    """Batch normalisation with PyTorch defaults (gamma 1, beta 0).
+
+    ``synchronized=True``: under ``tf.distribute`` the batch statistics are
+    those of the global batch, so N replicas train exactly like one device
+    (a no-op on one device).
+    """
     return keras.layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=True, name=name
     )(x)
 
 

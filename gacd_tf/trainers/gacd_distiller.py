@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from gacd_tf.attacks import PGD, OptimalTransport
 from gacd_tf.data.negative_sampling import OtherClassSampler
+from gacd_tf.distribute import all_gather, local_rows
 from gacd_tf.errors import ConfigError
 from gacd_tf.losses import initial_log_z, nce_logits, reweighted_nce_loss
 from gacd_tf.models import feature_dim, features_and_logits
@@ -113,7 +114,8 @@ class GACDDistiller(Distiller):
 
     def _nce(self, anchors, positives, bank, negatives, weight):
         pos, neg = nce_logits(anchors, positives, bank.bank, negatives, self.nce_t)
-        log_z = bank.log_z_once(initial_log_z(pos, neg, self.num_data))
+        # Z from the global batch's scores, identical on every replica.
+        log_z = bank.log_z_once(initial_log_z(all_gather(pos), all_gather(neg), self.num_data))
         return reweighted_nce_loss(pos, neg, log_z, self.num_data, weight)
 
     def train_step(self, data):
@@ -128,7 +130,8 @@ class GACDDistiller(Distiller):
         teacher_features, teacher_logits = self.teacher_fl(teacher_x, training=False)
         weight = (self.teacher_confidence(teacher_logits, y) if self.reweight
                   else tf.ones_like(teacher_logits[:, 0]))
-        negatives = self.sampler(y, self.nce_k)
+        # Drawn for the global batch and sliced: replicas agree with one device.
+        negatives = local_rows(self.sampler(all_gather(y), self.nce_k), tf.shape(y)[0])
 
         weights = (self.student.trainable_weights + self.student_embed.trainable_weights
                    + self.teacher_embed.trainable_weights)

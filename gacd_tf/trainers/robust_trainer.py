@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from gacd_tf.attacks import PGD
+from gacd_tf.distribute import num_replicas
 from gacd_tf.trainers.common import MeanTrackers, l2_penalty, per_example_ce, unpack_batch
 
 
@@ -53,10 +54,14 @@ class RobustTrainer(keras.Model):
 
         ``tape`` must have recorded ``loss``; ``weights`` are all the
         variables to train (the network's, plus e.g. embedding heads, which
-        are decayed too, as in RepDistiller).
+        are decayed too, as in RepDistiller). ``loss`` is a mean over this
+        replica's examples; under ``tf.distribute`` the optimizer *sums* the
+        replicas' gradients, so the loss is divided by the replica count:
+        N replicas with global batch B step exactly like one device with B.
         """
         with tape:
             total = loss + l2_penalty(weights, self.weight_decay)
+            total = total / num_replicas()
         grads = tape.gradient(total, weights)
         self.optimizer.apply(grads, weights)
 
