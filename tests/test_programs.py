@@ -154,3 +154,22 @@ def test_distill_refuses_a_teacher_for_another_dataset_before_training(teacher_r
     assert result.returncode == 1
     assert "teacher" in result.stderr and "has 10 classes but cifar100 has 100" in result.stderr
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_distill_runs_mirrored_on_two_logical_cpus(teacher_run, tiny_cifar10, tmp_path):
+    teacher_dir, _ = teacher_run
+    result = run_program(
+        "distill", "--method=gacd", f"--teacher={teacher_dir / 'model.keras'}",
+        "--arch=resnet8", f"--data_dir={tiny_cifar10}", "--epochs=1", "--batch_size=8",
+        "--attack_steps=1", "--val_examples=0", "--nce_k=16", "--embed_dim=8",
+        "--strategy=mirrored", "--cpu_devices=2", f"--model_dir={tmp_path}", "--verbose=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "with 2 replica(s)" in result.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text())["teacher_unchanged"] is True
+
+
+def test_batch_size_must_divide_among_replicas(tiny_cifar10, tmp_path):
+    result = run_program("train_teacher", f"--data_dir={tiny_cifar10}", "--batch_size=7",
+                         "--strategy=mirrored", "--cpu_devices=2", f"--model_dir={tmp_path}")
+    assert result.returncode == 1
+    assert "--batch_size=7 is not divisible by the 2 replicas" in result.stderr

@@ -51,6 +51,30 @@ def define_data_flags(train=True):
     DEFINE_integer("seed", 0, "Random seed (weights, data order, augmentation, attacks).")
 
 
+def define_distribute_flags():
+    from gacd_tf.distribute import STRATEGIES
+
+    DEFINE_enum("strategy", "default", list(STRATEGIES),
+                "tf.distribute strategy: one device, all local GPUs (or --cpu_devices "
+                "logical CPUs) mirrored, or several workers (TF_CONFIG).")
+    DEFINE_integer("cpu_devices", None, "Split the CPU into this many logical devices "
+                   "(runs --strategy=mirrored without GPUs, e.g. in tests).", lower_bound=1)
+
+
+def strategy_from_flags():
+    """The strategy of ``--strategy``; call before any TensorFlow op."""
+    from gacd_tf.distribute import make_strategy
+
+    strategy = make_strategy(FLAGS.strategy, FLAGS.cpu_devices)
+    replicas = strategy.num_replicas_in_sync
+    if FLAGS.batch_size % replicas:
+        raise ConfigError(
+            f"--batch_size={FLAGS.batch_size} is not divisible by the {replicas} replicas of "
+            f"--strategy={FLAGS.strategy}; use a multiple of {replicas}")
+    logging.info("strategy %s with %d replica(s)", FLAGS.strategy, replicas)
+    return strategy
+
+
 def define_attack_flags():
     """The evaluation threat model (SPEC: PGD-20, eps 8/255, step 2/255, l_inf)."""
     DEFINE_enum("attack", "pgd", ["pgd", "fgsm"], "Evaluation attack.")

@@ -34,6 +34,7 @@ def define_flags():
     common.define_data_flags(train=True)
     common.define_attack_flags()
     common.define_optimizer_flags(epochs=100, learning_rate=0.1)
+    common.define_distribute_flags()
     common.DEFINE_enum("method", "gacd", METHODS.names(), "Distillation method.")
     common.DEFINE_string("teacher", None, "The robust teacher, a .keras file.")
     common.DEFINE_string("arch", "resnet20", "Student architecture from the model zoo.")
@@ -154,8 +155,10 @@ def main(argv):
     from gacd_tf.trainers.checkpoint import ModelCheckpoint, save_model_atomic
 
     model_dir = common.prepare_output_dir(FLAGS.model_dir)
+    strategy = common.strategy_from_flags()
     common.setup_runtime(FLAGS.seed)
-    teacher = load_model(FLAGS.teacher)
+    with strategy.scope():
+        teacher = load_model(FLAGS.teacher)
     train = load_split(FLAGS.dataset, "train", FLAGS.data_dir, FLAGS.train_examples)
     info = train.info
     check_model_fits(teacher, info, role="teacher", source=FLAGS.teacher)
@@ -173,12 +176,13 @@ def main(argv):
     test_ds = make_dataset(test, FLAGS.batch_size, training=False)
     eval_attack = common.eval_attack_from_flags()
 
-    student = build_model(FLAGS.arch, num_classes=info.num_classes,
-                          input_shape=(info.image_size, info.image_size, 3),
-                          mean=info.mean, std=info.std)
     teacher_digest = weights_digest(teacher)
-    trainer, settings = METHODS.get(FLAGS.method)(student, teacher, train)
-    trainer.compile(optimizer=common.optimizer_from_flags(steps_per_epoch))
+    with strategy.scope():
+        student = build_model(FLAGS.arch, num_classes=info.num_classes,
+                              input_shape=(info.image_size, info.image_size, 3),
+                              mean=info.mean, std=info.std)
+        trainer, settings = METHODS.get(FLAGS.method)(student, teacher, train)
+        trainer.compile(optimizer=common.optimizer_from_flags(steps_per_epoch))
     model_path = os.path.join(model_dir, "model.keras")
     start = time.time()
     trainer.fit(train_ds, epochs=FLAGS.epochs, validation_data=val_ds, shuffle=False,
@@ -196,11 +200,12 @@ def main(argv):
         logging.info("evaluating the distilled student before AFT")
         result["before_aft"] = evaluate_robustness(student, test_ds, eval_attack,
                                                    verbose=FLAGS.verbose)
-        aft = AdversarialTrainer(student, attack=train_attack(),
-                                 weight_decay=FLAGS.weight_decay)
-        aft.compile(optimizer=common.optimizer_from_flags(
-            steps_per_epoch, epochs=FLAGS.aft_epochs, learning_rate=FLAGS.aft_learning_rate,
-            lr_schedule="constant"))
+        with strategy.scope():
+            aft = AdversarialTrainer(student, attack=train_attack(),
+                                     weight_decay=FLAGS.weight_decay)
+            aft.compile(optimizer=common.optimizer_from_flags(
+                steps_per_epoch, epochs=FLAGS.aft_epochs,
+                learning_rate=FLAGS.aft_learning_rate, lr_schedule="constant"))
         start = time.time()
         aft.fit(train_ds, epochs=FLAGS.aft_epochs, validation_data=val_ds, shuffle=False,
                 callbacks=common.training_callbacks(model_dir, "aft", ModelCheckpoint(model_path)),

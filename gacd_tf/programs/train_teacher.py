@@ -24,6 +24,7 @@ from gacd_tf.programs.common import FLAGS  # noqa: E402
 def define_flags():
     common.define_data_flags(train=True)
     common.define_attack_flags()
+    common.define_distribute_flags()
     common.DEFINE_string("model_dir", None, "Output folder (created if needed).")
     common.DEFINE_string("arch", "resnet20", "Architecture name from the model zoo.")
     common.define_optimizer_flags(epochs=100, learning_rate=0.1)
@@ -50,6 +51,7 @@ def main(argv):
     from gacd_tf.trainers.checkpoint import ModelCheckpoint
 
     model_dir = common.prepare_output_dir(FLAGS.model_dir)
+    strategy = common.strategy_from_flags()
     common.setup_runtime(FLAGS.seed)
     common.write_json(os.path.join(model_dir, "flags.json"), common.flag_values())
 
@@ -67,15 +69,15 @@ def main(argv):
                          min(FLAGS.val_examples, len(test.labels)))
         val_ds = make_dataset(val, FLAGS.batch_size, training=False)
 
-    model = build_model(FLAGS.arch, num_classes=info.num_classes,
-                        input_shape=(info.image_size, info.image_size, 3),
-                        mean=info.mean, std=info.std)
-    attack = PGD(eps=FLAGS.eps, step_size=FLAGS.train_step_size or FLAGS.step_size,
-                 steps=FLAGS.train_attack_steps,
-                 norm=FLAGS.norm, seed=FLAGS.seed)
-    trainer = AdversarialTrainer(model, attack=attack, trades_beta=FLAGS.trades_beta,
-                                 weight_decay=FLAGS.weight_decay)
-    trainer.compile(optimizer=common.optimizer_from_flags(steps_per_epoch))
+    with strategy.scope():
+        model = build_model(FLAGS.arch, num_classes=info.num_classes,
+                            input_shape=(info.image_size, info.image_size, 3),
+                            mean=info.mean, std=info.std)
+        attack = PGD(eps=FLAGS.eps, step_size=FLAGS.train_step_size or FLAGS.step_size,
+                     steps=FLAGS.train_attack_steps, norm=FLAGS.norm, seed=FLAGS.seed)
+        trainer = AdversarialTrainer(model, attack=attack, trades_beta=FLAGS.trades_beta,
+                                     weight_decay=FLAGS.weight_decay)
+        trainer.compile(optimizer=common.optimizer_from_flags(steps_per_epoch))
 
     model_path = os.path.join(model_dir, "model.keras")
     callbacks = common.training_callbacks(model_dir, "train", ModelCheckpoint(
