@@ -32,6 +32,13 @@ setup(
         "cpu": ["tensorflow-cpu==2.21.*"],
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
         "test": TEST,
+        # gacd-export --format=onnx (tf2onnx 1.17 works with TF 2.21, numpy 2, protobuf 7).
+        "onnx": ["tf2onnx>=1.17", "onnx>=1.17", "onnxruntime>=1.20"],
+        # export/grpc_client.py. tensorflow-serving-api 2.21 declares a dependency on
+        # `tensorflow`, which would be installed over tensorflow-cpu, so it is not
+        # listed here: add it with `pip install --no-deps "tensorflow-serving-api==2.21.*"`
+        # (README "Serving"); with the gpu extra a plain install works.
+        "serving": ["grpcio>=1.60"],
         "dev": TEST + ["ruff"],
     },
     entry_points={
@@ -39,6 +46,7 @@ setup(
             "gacd-train-teacher=gacd_tf.programs.train_teacher:entry_point",
             "gacd-evaluate=gacd_tf.programs.evaluate:entry_point",
             "gacd-distill=gacd_tf.programs.distill:entry_point",
+            "gacd-export=gacd_tf.programs.export:entry_point",
         ]
     },
     classifiers=[

@@ -8,25 +8,41 @@ import keras
 from gacd_tf.errors import ModelError
 
 
-def load_model(path, safe_mode=True):
-    """Loads a ``.keras`` model with ``safe_mode`` on (no arbitrary code).
+def load_model(path, safe_mode=True, saved_model=False):
+    """Loads a ``.keras`` model (``safe_mode`` on), or optionally an exported SavedModel.
 
     Args:
-        path: a ``.keras`` file written by ``model.save``.
+        path: a ``.keras`` file written by ``model.save``; with
+            ``saved_model=True`` also a SavedModel folder gacd-export wrote
+            (a version folder ``BASE/NAME/N`` or ``BASE/NAME``, whose highest
+            version is taken).
         safe_mode: keep True for files you did not write yourself; a model
             file from an untrusted source is code.
+        saved_model: accept a SavedModel folder; it is returned as a
+            :class:`gacd_tf.serving.ServedModel` (callable
+            ``model(x, training=False) -> logits`` with ``input_shape`` and
+            ``output_shape``, gradients flow through it), not a keras.Model.
 
     Raises:
         ModelError: the file is missing, is not a ``.keras`` archive or does
             not hold a model, each with the path and what to do.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        if saved_model:
+            from gacd_tf.serving import load_saved_model
+
+            return load_saved_model(path)
+        raise ModelError(f"{path} is a folder (a SavedModel?); this needs a .keras model file")
     if not os.path.isfile(path):
-        raise ModelError(f"model file {path} does not exist; pass the .keras file a run wrote")
+        what = ".keras file a run wrote" + (" or a SavedModel folder gacd-export wrote"
+                                           if saved_model else "")
+        raise ModelError(f"model file {path} does not exist; pass the {what}")
     if not path.endswith(".keras") or not zipfile.is_zipfile(path):
         raise ModelError(
             f"{path} is not a Keras v3 model file (.keras zip archive); save models with "
             "model.save('NAME.keras')"
+            + (" or pass a SavedModel folder gacd-export wrote" if saved_model else "")
         )
     try:
         model = keras.saving.load_model(path, safe_mode=safe_mode, compile=False)
@@ -42,7 +58,8 @@ def check_model_fits(model, info, role="model", source=None):
     """Refuses a model whose input size or class count does not fit ``info``.
 
     Args:
-        model: a Keras model mapping [0,1] images to logits.
+        model: a Keras model mapping [0,1] images to logits (or any object
+            with ``input_shape`` and ``output_shape``, e.g. a ServedModel).
         info: the dataset's ``DatasetInfo`` (``name``, ``num_classes``,
             ``image_size``).
         role: "model", "teacher", ... used in the message.

@@ -3,6 +3,7 @@
 Example:
     gacd-evaluate --model=runs/quickstart/model.keras --dataset=cifar10 \
         --attack=pgd --attack_steps=20 --output=eval.json
+    gacd-evaluate --model=exports/quickstart/1 --dataset=cifar10  # a SavedModel
 """
 
 import os
@@ -18,7 +19,9 @@ from gacd_tf.programs.common import FLAGS  # noqa: E402
 def define_flags():
     common.define_data_flags(train=False)
     common.define_attack_flags()
-    common.DEFINE_string("model", None, "A .keras model file.")
+    common.DEFINE_string("model", None, "A .keras model file, or a SavedModel gacd-export "
+                          "wrote: a version folder BASE/NAME/N, or BASE/NAME for its "
+                          "highest version.")
     common.DEFINE_string("output", None, "Write the results to this JSON file.")
     common.DEFINE_integer("verbose", 1, "Progress bar (1) or not (0).")
     flags.mark_flag_as_required("model")
@@ -31,7 +34,7 @@ def main(argv):
     from gacd_tf.models.io import check_model_fits, load_model
 
     common.setup_runtime(FLAGS.seed)
-    model = load_model(FLAGS.model)
+    model = load_model(FLAGS.model, saved_model=True)
     test = load_split(FLAGS.dataset, "test", FLAGS.data_dir, FLAGS.test_examples)
     check_model_fits(model, test.info, source=FLAGS.model)
     if FLAGS.output:

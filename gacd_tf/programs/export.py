@@ -1,0 +1,52 @@
+"""gacd-export: write a .keras classifier as a versioned SavedModel for TF Serving, or ONNX.
+
+Writes ``EXPORT_DIR/N/`` (``saved_model.pb`` + ``variables/``; with
+``--format=onnx``: ``model.onnx``), N = ``--version`` or the next free
+integer, atomically; prints the path.
+
+Example:
+    gacd-export --model=runs/quickstart/model.keras --export_dir=exports/quickstart
+    gacd-export --model=runs/quickstart/model.keras --export_dir=onnx/quickstart --format=onnx
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags  # noqa: E402
+
+from gacd_tf.programs import common  # noqa: E402
+from gacd_tf.programs.common import FLAGS  # noqa: E402
+
+
+def define_flags():
+    common.DEFINE_string("model", None, "The .keras model file to export.")
+    common.DEFINE_string("export_dir", None, "Model base path BASE/NAME (TF Serving's "
+                         "--model_base_path); the version folder N is written inside.")
+    common.DEFINE_integer("version", None, "Version number N (default: highest existing + 1, "
+                          "or 1).", lower_bound=0)
+    common.DEFINE_bool("overwrite", False, "Replace an existing version N.")
+    common.DEFINE_enum("format", "saved_model", ["saved_model", "onnx"],
+                       "saved_model (TF Serving) or onnx (model.onnx; needs the onnx extra).")
+    flags.mark_flag_as_required("model")
+    flags.mark_flag_as_required("export_dir")
+
+
+def main(argv):
+    del argv
+    from gacd_tf.models.io import load_model
+    from gacd_tf.serving import export_onnx, export_saved_model
+
+    model = load_model(FLAGS.model)
+    export = export_onnx if FLAGS.format == "onnx" else export_saved_model
+    path = export(model, FLAGS.export_dir, version=FLAGS.version, overwrite=FLAGS.overwrite)
+    print(path)
+
+
+def entry_point():
+    define_flags()
+    common.run(main)
+
+
+if __name__ == "__main__":
+    entry_point()
