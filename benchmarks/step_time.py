@@ -123,7 +123,7 @@ def main(argv):
     one_pass = PGD(steps=1, random_start=False)
     attack_pass = median_seconds(tf.function(lambda: one_pass(s_fl, x, y)))
     passes = {s: forward_s + s * attack_pass + forward_t + natural for s in (1, k)}
-    rows += [(f"passes of GACD (1 step)", passes[1]), (f"passes of GACD ({k} steps)", passes[k])]
+    rows += [("passes of GACD (1 step)", passes[1]), (f"passes of GACD ({k} steps)", passes[k])]
     print_table(f"Distillation: student={FLAGS.arch} teacher={FLAGS.teacher_arch} batch={b} "
                 f"nce_k={FLAGS.nce_k} M={FLAGS.num_data} (median of {FLAGS.repeats})", rows)
     times = dict(rows)

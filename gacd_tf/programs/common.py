@@ -165,6 +165,50 @@ def prepare_output_dir(path, flag="--model_dir"):
     return path
 
 
+def load_data_from_flags():
+    """Train/test splits and their pipelines, as the data flags ask.
+
+    Returns a namespace with ``train``, ``test``, ``info``, ``train_ds``
+    (shuffled, augmented, full batches), ``val_ds`` (``--val_examples``
+    class-balanced test examples, or None), ``test_ds`` and ``steps_per_epoch``.
+    """
+    import types
+
+    from gacd_tf.data import load_split, make_dataset
+
+    train = load_split(FLAGS.dataset, "train", FLAGS.data_dir, FLAGS.train_examples)
+    test = load_split(FLAGS.dataset, "test", FLAGS.data_dir, FLAGS.test_examples)
+    logging.info("%s: %d training, %d test examples", train.info.name, len(train.labels),
+                 len(test.labels))
+    val_ds = None
+    if FLAGS.val_examples:
+        val = load_split(FLAGS.dataset, "test", FLAGS.data_dir,
+                         min(FLAGS.val_examples, len(test.labels)))
+        val_ds = make_dataset(val, FLAGS.batch_size, training=False)
+    return types.SimpleNamespace(
+        train=train, test=test, info=train.info, val_ds=val_ds,
+        train_ds=make_dataset(train, FLAGS.batch_size, training=True, seed=FLAGS.seed,
+                              augment=FLAGS.augment),
+        test_ds=make_dataset(test, FLAGS.batch_size, training=False),
+        steps_per_epoch=max(1, len(train.labels) // FLAGS.batch_size),  # full batches only
+    )
+
+
+def build_model_from_flags(info):
+    """The ``--arch`` zoo model for the dataset described by ``info``."""
+    from gacd_tf.models import build_model
+
+    return build_model(FLAGS.arch, num_classes=info.num_classes,
+                       input_shape=(info.image_size, info.image_size, 3),
+                       mean=info.mean, std=info.std)
+
+
+def print_result(result, prefix=""):
+    print(f"{prefix}natural_accuracy={result['natural_accuracy']:.4f} "
+          f"robust_accuracy={result['robust_accuracy']:.4f} "
+          f"({result['num_examples']} test examples)")
+
+
 def training_callbacks(model_dir, name, checkpoint):
     """TensorBoard (``logs/NAME``), a CSV log (``NAME_log.csv``), NaN stop, ``checkpoint``."""
     import keras

@@ -147,9 +147,8 @@ def weights_digest(model):
 
 def main(argv):
     del argv
-    from gacd_tf.data import load_split, make_dataset
+    from gacd_tf.data import get_dataset_info
     from gacd_tf.evaluation import evaluate_robustness
-    from gacd_tf.models import build_model
     from gacd_tf.models.io import check_model_fits, load_model
     from gacd_tf.trainers import AdversarialTrainer
     from gacd_tf.trainers.checkpoint import ModelCheckpoint, save_model_atomic
@@ -159,29 +158,19 @@ def main(argv):
     common.setup_runtime(FLAGS.seed)
     with strategy.scope():
         teacher = load_model(FLAGS.teacher)
-    train = load_split(FLAGS.dataset, "train", FLAGS.data_dir, FLAGS.train_examples)
-    info = train.info
-    check_model_fits(teacher, info, role="teacher", source=FLAGS.teacher)
-    test = load_split(FLAGS.dataset, "test", FLAGS.data_dir, FLAGS.test_examples)
+    # Refuse a teacher that does not fit the dataset before reading any data.
+    check_model_fits(teacher, get_dataset_info(FLAGS.dataset), role="teacher",
+                     source=FLAGS.teacher)
+    data = common.load_data_from_flags()
+    info, train_ds, val_ds, test_ds = data.info, data.train_ds, data.val_ds, data.test_ds
+    steps_per_epoch = data.steps_per_epoch
     common.write_json(os.path.join(model_dir, "flags.json"), common.flag_values())
-
-    train_ds = make_dataset(train, FLAGS.batch_size, training=True, seed=FLAGS.seed,
-                            augment=FLAGS.augment)
-    steps_per_epoch = max(1, len(train.labels) // FLAGS.batch_size)
-    val_ds = None
-    if FLAGS.val_examples:
-        val = load_split(FLAGS.dataset, "test", FLAGS.data_dir,
-                         min(FLAGS.val_examples, len(test.labels)))
-        val_ds = make_dataset(val, FLAGS.batch_size, training=False)
-    test_ds = make_dataset(test, FLAGS.batch_size, training=False)
     eval_attack = common.eval_attack_from_flags()
 
     teacher_digest = weights_digest(teacher)
     with strategy.scope():
-        student = build_model(FLAGS.arch, num_classes=info.num_classes,
-                              input_shape=(info.image_size, info.image_size, 3),
-                              mean=info.mean, std=info.std)
-        trainer, settings = METHODS.get(FLAGS.method)(student, teacher, train)
+        student = common.build_model_from_flags(info)
+        trainer, settings = METHODS.get(FLAGS.method)(student, teacher, data.train)
         trainer.compile(optimizer=common.optimizer_from_flags(steps_per_epoch))
     model_path = os.path.join(model_dir, "model.keras")
     start = time.time()
@@ -212,17 +201,14 @@ def main(argv):
                 verbose=FLAGS.verbose)
         seconds["aft"] = round(time.time() - start, 1)
 
-    logging.info("evaluating %s on %d test examples", model_path, len(test.labels))
+    logging.info("evaluating %s on %d test examples", model_path, len(data.test.labels))
     result.update(evaluate_robustness(student, test_ds, eval_attack, verbose=FLAGS.verbose))
     result.update(method=FLAGS.method, settings=settings, arch=FLAGS.arch, teacher=FLAGS.teacher,
                   dataset=info.name, split="test", model="model.keras",
                   aft_epochs=FLAGS.aft_epochs, train_seconds=seconds,
                   teacher_unchanged=teacher_unchanged)
     common.write_json(os.path.join(model_dir, "metrics.json"), result)
-    print(f"{FLAGS.method}{'+aft' if FLAGS.aft_epochs else ''}: "
-          f"natural_accuracy={result['natural_accuracy']:.4f} "
-          f"robust_accuracy={result['robust_accuracy']:.4f} "
-          f"({result['num_examples']} test examples) -> {model_dir}")
+    common.print_result(result, prefix=f"{FLAGS.method}{'+aft' if FLAGS.aft_epochs else ''}: ")
 
 
 def entry_point():

@@ -44,9 +44,7 @@ def define_flags():
 def main(argv):
     del argv
     from gacd_tf.attacks import PGD
-    from gacd_tf.data import load_split, make_dataset
     from gacd_tf.evaluation import evaluate_robustness
-    from gacd_tf.models import build_model
     from gacd_tf.trainers import AdversarialTrainer
     from gacd_tf.trainers.checkpoint import ModelCheckpoint
 
@@ -55,49 +53,32 @@ def main(argv):
     common.setup_runtime(FLAGS.seed)
     common.write_json(os.path.join(model_dir, "flags.json"), common.flag_values())
 
-    train = load_split(FLAGS.dataset, "train", FLAGS.data_dir, FLAGS.train_examples)
-    test = load_split(FLAGS.dataset, "test", FLAGS.data_dir, FLAGS.test_examples)
-    info = train.info
-    logging.info("%s: %d training, %d test examples", info.name, len(train.labels),
-                 len(test.labels))
-    train_ds = make_dataset(train, FLAGS.batch_size, training=True, seed=FLAGS.seed,
-                            augment=FLAGS.augment)
-    steps_per_epoch = max(1, len(train.labels) // FLAGS.batch_size)  # drop_remainder
-    val_ds = None
-    if FLAGS.val_examples:
-        val = load_split(FLAGS.dataset, "test", FLAGS.data_dir,
-                         min(FLAGS.val_examples, len(test.labels)))
-        val_ds = make_dataset(val, FLAGS.batch_size, training=False)
-
+    data = common.load_data_from_flags()
     with strategy.scope():
-        model = build_model(FLAGS.arch, num_classes=info.num_classes,
-                            input_shape=(info.image_size, info.image_size, 3),
-                            mean=info.mean, std=info.std)
+        model = common.build_model_from_flags(data.info)
         attack = PGD(eps=FLAGS.eps, step_size=FLAGS.train_step_size or FLAGS.step_size,
                      steps=FLAGS.train_attack_steps, norm=FLAGS.norm, seed=FLAGS.seed)
         trainer = AdversarialTrainer(model, attack=attack, trades_beta=FLAGS.trades_beta,
                                      weight_decay=FLAGS.weight_decay)
-        trainer.compile(optimizer=common.optimizer_from_flags(steps_per_epoch))
+        trainer.compile(optimizer=common.optimizer_from_flags(data.steps_per_epoch))
 
     model_path = os.path.join(model_dir, "model.keras")
     callbacks = common.training_callbacks(model_dir, "train", ModelCheckpoint(
-        model_path, os.path.join(model_dir, "best.keras") if val_ds else None))
+        model_path, os.path.join(model_dir, "best.keras") if data.val_ds else None))
     start = time.time()
     # shuffle=False: the tf.data pipeline already shuffles (seeded) every epoch.
-    trainer.fit(train_ds, epochs=FLAGS.epochs, validation_data=val_ds, callbacks=callbacks,
-                verbose=FLAGS.verbose, shuffle=False)
+    trainer.fit(data.train_ds, epochs=FLAGS.epochs, validation_data=data.val_ds,
+                callbacks=callbacks, verbose=FLAGS.verbose, shuffle=False)
     train_seconds = time.time() - start
 
-    logging.info("evaluating %s on %d test examples", model_path, len(test.labels))
-    result = evaluate_robustness(model, make_dataset(test, FLAGS.batch_size, training=False),
-                                 common.eval_attack_from_flags(), verbose=FLAGS.verbose)
-    result.update(dataset=info.name, split="test", arch=FLAGS.arch, model="model.keras",
+    logging.info("evaluating %s on %d test examples", model_path, len(data.test.labels))
+    result = evaluate_robustness(model, data.test_ds, common.eval_attack_from_flags(),
+                                 verbose=FLAGS.verbose)
+    result.update(dataset=data.info.name, split="test", arch=FLAGS.arch, model="model.keras",
                   train_seconds=round(train_seconds, 1),
                   train_attack=attack.get_config(), trades_beta=FLAGS.trades_beta)
     common.write_json(os.path.join(model_dir, "metrics.json"), result)
-    print(f"natural_accuracy={result['natural_accuracy']:.4f} "
-          f"robust_accuracy={result['robust_accuracy']:.4f} "
-          f"({result['num_examples']} test examples) -> {model_dir}")
+    common.print_result(result)
 
 
 def entry_point():

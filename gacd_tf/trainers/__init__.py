@@ -1,11 +1,9 @@
 """Trainers: one ``keras.Model`` per method, each with its own ``train_step``.
 
 ``AdversarialTrainer`` (teachers, AFT), ``KDDistiller``, ``ARDDistiller`` and
-``GACDDistiller``; all are driven by ``compile``/``fit``. ``METHODS`` maps the
-``gacd-distill --method`` names to the distillers.
+``GACDDistiller``; all are driven by ``compile``/``fit``.
 """
 
-from gacd_tf.registry import Registry
 from gacd_tf.trainers.adversarial_trainer import AdversarialTrainer
 from gacd_tf.trainers.ard_distiller import ARDDistiller
 from gacd_tf.trainers.common import l2_penalty, unpack_batch
