@@ -65,6 +65,13 @@ def strategy_from_flags():
     """The strategy of ``--strategy``; call before any TensorFlow op."""
     from gacd_tf.distribute import make_strategy
 
+    if FLAGS.strategy == "multi_worker":
+        # Keras 3's fit cannot run under MultiWorkerMirroredStrategy; the
+        # library's custom loop can, but the programs do not drive it yet.
+        raise ConfigError(
+            "--strategy=multi_worker is not supported by the programs yet (Keras fit cannot "
+            "run under MultiWorkerMirroredStrategy); train several workers from Python with "
+            "gacd_tf.distribute_loop.fit_multi_worker, or use --strategy=mirrored")
     strategy = make_strategy(FLAGS.strategy, FLAGS.cpu_devices)
     replicas = strategy.num_replicas_in_sync
     if FLAGS.batch_size % replicas:
