@@ -9,16 +9,13 @@ import tensorflow as tf
 from gacd_tf.attacks import PGD
 from gacd_tf.errors import ModelError
 from gacd_tf.trainers import ARDDistiller, GACDDistiller, KDDistiller
+from tiny_models import tiny as tiny_model
 
 M = 24
 
 
 def tiny(seed, classes=3, width=4, name=None):
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((8, 8, 3), name="images")
-    h = keras.layers.Conv2D(width, 3, activation="relu")(inputs)
-    h = keras.layers.GlobalAveragePooling2D(name="features")(h)
-    return keras.Model(inputs, keras.layers.Dense(classes, name="logits")(h), name=name)
+    return tiny_model(seed, name, classes=classes, width=width, batch_norm=False)
 
 
 def data():

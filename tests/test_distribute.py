@@ -10,18 +10,9 @@ import tensorflow as tf
 from gacd_tf.attacks import PGD, OptimalTransport
 from gacd_tf.distribute import make_strategy
 from gacd_tf.trainers import AdversarialTrainer, ARDDistiller, GACDDistiller, KDDistiller
+from tiny_models import tiny
 
 B, M = 8, 16
-
-
-def tiny(seed, name, classes=3, width=4):
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((8, 8, 3), name="images")
-    h = keras.layers.Conv2D(width, 3)(inputs)
-    h = keras.layers.BatchNormalization(synchronized=True)(h)
-    h = keras.layers.ReLU()(h)
-    h = keras.layers.GlobalAveragePooling2D(name="features")(h)
-    return keras.Model(inputs, keras.layers.Dense(classes, name="logits")(h), name=name)
 
 
 def batch():

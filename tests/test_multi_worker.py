@@ -21,16 +21,10 @@ B, M, STEPS = 8, 16, 3  # global batch, training-set size, steps per trainer
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def tiny(seed, name, classes=3, width=4):
-    import keras
+def tiny(seed, name, **kwargs):
+    from tiny_models import tiny as tiny_model
 
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((8, 8, 3), name="images")
-    h = keras.layers.Conv2D(width, 3)(inputs)
-    h = keras.layers.BatchNormalization(synchronized=True)(h)
-    h = keras.layers.ReLU()(h)
-    h = keras.layers.GlobalAveragePooling2D(name="features")(h)
-    return keras.Model(inputs, keras.layers.Dense(classes, name="logits")(h), name=name)
+    return tiny_model(seed, name, **kwargs)
 
 
 def dataset():
