@@ -61,9 +61,9 @@ def main(argv):
         with strategy.scope():
             label, trainer = list(trainers())[index]
             trainer.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
-        trainer.fit(data, epochs=1, steps_per_epoch=FLAGS.warmup, verbose=0)
+        trainer.fit(data, epochs=1, steps_per_epoch=FLAGS.warmup, verbose=0, shuffle=False)
         start = time.perf_counter()
-        trainer.fit(data, epochs=1, steps_per_epoch=FLAGS.repeats, verbose=0)
+        trainer.fit(data, epochs=1, steps_per_epoch=FLAGS.repeats, verbose=0, shuffle=False)
         return label, (time.perf_counter() - start) / FLAGS.repeats
 
     print(f"\narch={FLAGS.arch} global batch={b} mirrored over {FLAGS.cpu_devices} logical "
