@@ -42,9 +42,7 @@ def main(argv):
     result = evaluate_robustness(model, make_dataset(test, FLAGS.batch_size, training=False),
                                  common.eval_attack_from_flags(), verbose=FLAGS.verbose)
     result.update(dataset=test.info.name, split="test", model=FLAGS.model)
-    print(f"natural_accuracy={result['natural_accuracy']:.4f} "
-          f"robust_accuracy={result['robust_accuracy']:.4f} "
-          f"({result['num_examples']} test examples)")
+    common.print_result(result)
     if FLAGS.output:
         common.write_json(FLAGS.output, result)
 
