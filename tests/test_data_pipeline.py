@@ -244,3 +244,22 @@ def test_real_cifar10(cifar10_dir):
     images, labels, indices = next(iter(data.make_dataset(sub, 128, training=False)))
     np.testing.assert_array_equal(indices, np.arange(128))
     np.testing.assert_array_equal(labels, sub.labels[:128])
+
+
+def test_epoch_stream_rebuilds_any_epoch_and_the_rest_of_one():
+    split = _split(n=24)
+    full = list(data.make_dataset(split, batch_size=8, training=True, seed=4, epochs=3))
+    assert len(full) == 9  # three epochs of three full batches, back to back
+    epochs = [np.concatenate([b[2] for b in full[3 * e:3 * e + 3]]) for e in range(3)]
+    for order in epochs:
+        assert sorted(order) == list(range(24))
+    assert not np.array_equal(epochs[0], epochs[1])
+    # Epoch 1 step 2 onwards, built on its own, equals the tail of the stream.
+    rest = list(data.make_dataset(split, batch_size=8, training=True, seed=4, epochs=3,
+                                  start_epoch=1, start_step=2))
+    assert len(rest) == 4
+    for got, want in zip(rest, full[5:]):
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    other = list(data.make_dataset(split, batch_size=8, training=True, seed=5, epochs=1))
+    assert not np.array_equal(np.concatenate([b[2] for b in other]), epochs[0])

@@ -8,11 +8,13 @@ Why not ``keras.layers.RandomCrop`` / ``RandomFlip`` inside the map: in Keras
 batch, and when the layers are called per image inside a parallel
 ``tf.data`` map their shared ``SeedGenerator`` (a variable) is read and
 advanced concurrently, so two pipelines with the same seed give different
-images. Here each image instead gets a stateless seed from
-``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)`` plus its
-index, and the crop and flip are ``tf.image.stateless_random_*`` ops:
-per-image, reproducible for a fixed seed, different every epoch, and safe
-under ``num_parallel_calls=AUTOTUNE``.
+images. Here every random choice is stateless: an epoch's order is
+``stateless_shuffle`` under the epoch's seed, and each image's crop and flip
+are ``tf.image.stateless_random_*`` ops seeded from (epoch seed, sample
+index). Per-image, reproducible for a fixed seed, different every epoch, safe
+under ``num_parallel_calls=AUTOTUNE``, and any epoch (or the rest of one) can
+be rebuilt on its own, which is how a killed run resumes mid-epoch with the
+batches it would have seen.
 """
 
 import numpy as np
@@ -48,17 +50,13 @@ def random_pad_crop_flip(image, seed, padding=4):
     return tf.image.stateless_random_flip_left_right(cropped, seed=flip_seed)
 
 
-def _source(images, labels, training, seed):
-    """Dataset of uint8 (image, label, index), shuffled when training."""
-    n = len(labels)
-    indices = np.arange(n, dtype=np.int32)
+def _loader(images, labels):
+    """Function index -> (uint8 image, int32 label, int32 index) of one example."""
     if images.nbytes <= MAX_IN_GRAPH_BYTES:
-        ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32), indices))
-        if training:
-            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-        return ds
+        images_t, labels_t = tf.constant(images), tf.constant(labels.astype(np.int32))
+        return lambda i: (tf.gather(images_t, i), tf.gather(labels_t, i), i)
 
-    # Huge (possibly memory-mapped) arrays: shuffle indices, read images lazily.
+    # Huge (possibly memory-mapped) arrays are read lazily by index.
     def fetch(i):
         return np.ascontiguousarray(images[i]), np.int32(labels[i])
 
@@ -68,13 +66,26 @@ def _source(images, labels, training, seed):
         label.set_shape([])
         return image, label, i
 
-    ds = tf.data.Dataset.range(n).map(lambda i: tf.cast(i, tf.int32))
-    if training:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    return ds.map(load, num_parallel_calls=_AUTOTUNE)
+    return load
 
 
-def make_dataset(split, batch_size, training, seed=0, augment=None, drop_remainder=None):
+def _epoch_seeds(seed, epochs, start_epoch):
+    """Dataset of int64 [2] seeds, one per epoch.
+
+    With ``epochs`` the seed of epoch ``e`` is ``(seed, e)``: any epoch can be
+    rebuilt on its own, which is what resuming mid-run needs. Without, each
+    iteration over the dataset draws a fresh seed (a new order every epoch
+    of ``fit``), reproducibly for a fixed ``seed``.
+    """
+    if epochs is None:
+        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+        return draws.map(lambda r: tf.stack([r, tf.constant(seed, tf.int64)]))
+    return tf.data.Dataset.range(start_epoch, epochs).map(
+        lambda e: tf.stack([tf.constant(seed, tf.int64), e]))
+
+
+def make_dataset(split, batch_size, training, seed=0, augment=None, drop_remainder=None,
+                 epochs=None, start_epoch=0, start_step=0):
     """Builds the input pipeline of one split.
 
     Args:
@@ -87,6 +98,13 @@ def make_dataset(split, batch_size, training, seed=0, augment=None, drop_remaind
         augment: pad-4 random crop + horizontal flip per image; defaults to
             ``training``.
         drop_remainder: drop the last partial batch; defaults to ``training``.
+        epochs: training only. None: the dataset is one epoch, and each
+            iteration over it (each epoch of ``fit``) draws a new order.
+            An int: the dataset is the stream of epochs ``start_epoch`` to
+            ``epochs - 1`` back to back, epoch ``e`` ordered and augmented
+            from ``(seed, e)`` alone; pass ``steps_per_epoch`` to ``fit``.
+        start_epoch: first epoch of the stream (with ``epochs``).
+        start_step: batches of the first epoch to skip (resuming mid-epoch).
 
     Returns:
         A ``tf.data.Dataset`` of ``(images, labels, indices)``: float32
@@ -107,19 +125,34 @@ def make_dataset(split, batch_size, training, seed=0, augment=None, drop_remaind
             f"the {split.split} split holds {len(split.labels)} examples, fewer than one batch of "
             f"{batch_size}, so dropping the partial batch leaves nothing; lower --batch_size"
         )
-    ds = _source(split.images, split.labels, training, seed)
-    if augment:
-        # One random int64 per element and epoch; with the index it seeds the image's crop/flip.
-        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip(ds, draws)
-        ds = ds.map(
-            lambda example, r: (
-                random_pad_crop_flip(example[0], tf.stack([r, tf.cast(example[2], tf.int64)])),
-                *example[1:],
-            ),
-            num_parallel_calls=_AUTOTUNE,
-        )
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    n = len(split.labels)
+    load = _loader(split.images, split.labels)
+    if not training:
+        ds = tf.data.Dataset.range(n).map(lambda i: load(tf.cast(i, tf.int32)),
+                                          num_parallel_calls=_AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    else:
+        def one_epoch(epoch_seed):
+            # The epoch's order and every image's crop/flip are functions of
+            # (epoch seed, sample index) only: stateless, so reproducible
+            # under parallel maps and rebuildable when resuming.
+            order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int32),
+                                                             seed=epoch_seed)
+            ds = tf.data.Dataset.from_tensor_slices(order)
+
+            def example(i):
+                image, label, index = load(i)
+                if augment:
+                    image_seed = tf.random.experimental.stateless_fold_in(epoch_seed, index)
+                    image = random_pad_crop_flip(image, image_seed)
+                return image, label, index
+
+            ds = ds.map(example, num_parallel_calls=_AUTOTUNE)
+            return ds.batch(batch_size, drop_remainder=drop_remainder)
+
+        ds = _epoch_seeds(seed, epochs, start_epoch).flat_map(one_epoch)
+        if start_step:
+            ds = ds.skip(start_step)
     ds = ds.map(
         lambda x, y, i: (tf.cast(x, tf.float32) / 255.0, y, i),
         num_parallel_calls=_AUTOTUNE,
