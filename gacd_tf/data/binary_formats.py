@@ -71,14 +71,19 @@ def _require_file(path, dataset, expected):
     return path
 
 
-def _read_records(path, record_size, dataset, mmap=False):
-    """Reads a headerless file of fixed-size records as uint8 [n, record_size]."""
+def _read_records(path, record_size, dataset, mmap=False, official=None):
+    """Reads a headerless file of fixed-size records as uint8 [n, record_size].
+
+    ``official`` is the record count of the official file, quoted in the error.
+    """
     size = path.stat().st_size
     if size == 0 or size % record_size:
+        expected = (f" (the official file is {official * record_size} bytes: {official} "
+                    "records)" if official else "")
         raise DataError(
             f"{path} is {size} bytes, not a whole (non-zero) number of {record_size}-byte "
-            f"{dataset} records; the file is truncated or not in the official binary "
-            "format: download it again"
+            f"{dataset} records{expected}; the file is truncated or not in the official "
+            "binary format: download it again"
         )
     if mmap:
         data = np.memmap(path, dtype=np.uint8, mode="r")
@@ -202,7 +207,7 @@ def read_cifar10(data_dir, split):
     folder = _folder(data_dir, "CIFAR-10", _CIFAR10_EXPECTED, "cifar-10-batches-bin")
     images, labels = [], []
     for path in _cifar10_files(folder, split):
-        records = _read_records(path, 1 + 3072, "CIFAR-10")
+        records = _read_records(path, 1 + 3072, "CIFAR-10", official=10000)
         labels.append(validate_labels(records[:, 0], 10, path))
         images.append(_planes_to_nhwc(records[:, 1:], _CIFAR_HW, _ROW_MAJOR))
     return np.concatenate(images), np.concatenate(labels)
@@ -267,7 +272,8 @@ def read_cifar100(data_dir, split, label_mode="fine"):
     _choice(label_mode, ("fine", "coarse"), "CIFAR-100 label mode")
     folder = _folder(data_dir, "CIFAR-100", _CIFAR100_EXPECTED, "cifar-100-binary")
     path = _require_file(folder / f"{split}.bin", "CIFAR-100", _CIFAR100_EXPECTED)
-    records = _read_records(path, 2 + 3072, "CIFAR-100")
+    records = _read_records(path, 2 + 3072, "CIFAR-100",
+                            official=50000 if split == "train" else 10000)
     coarse = validate_labels(records[:, 0], 20, f"{path} (coarse labels)")
     fine = validate_labels(records[:, 1], 100, f"{path} (fine labels)")
     images = _planes_to_nhwc(records[:, 2:], _CIFAR_HW, _ROW_MAJOR)
@@ -307,6 +313,7 @@ def write_cifar100(data_dir, split, images, fine_labels, coarse_labels):
 
 _STL10_EXPECTED = "train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin"
 _STL10_RECORD = 3 * 96 * 96
+_STL10_OFFICIAL_RECORDS = {"train": 5000, "test": 8000, "unlabeled": 100000}
 
 
 def read_stl10(data_dir, split):
@@ -330,12 +337,14 @@ def read_stl10(data_dir, split):
     stem = _STL10_SPLITS[_choice(split, tuple(_STL10_SPLITS), "STL-10 split")]
     folder = _folder(data_dir, "STL-10", _STL10_EXPECTED, "stl10_binary")
     x_path = _require_file(folder / f"{stem}_X.bin", "STL-10", _STL10_EXPECTED)
-    pixels = _read_records(x_path, _STL10_RECORD, "STL-10 image", mmap=stem == "unlabeled")
+    official = _STL10_OFFICIAL_RECORDS[stem]
+    pixels = _read_records(x_path, _STL10_RECORD, "STL-10 image", mmap=stem == "unlabeled",
+                           official=official)
     images = _planes_to_nhwc(pixels, _STL10_HW, _COLUMN_MAJOR)
     if stem == "unlabeled":
         return images, np.full(len(images), UNLABELLED, np.int32)
     y_path = _require_file(folder / f"{stem}_y.bin", "STL-10", _STL10_EXPECTED)
-    raw = _read_records(y_path, 1, "STL-10 label")[:, 0]
+    raw = _read_records(y_path, 1, "STL-10 label", official=official)[:, 0]
     if len(raw) != len(images):
         raise DataError(
             f"{x_path} holds {len(images)} images of 3x96x96 bytes but {y_path} holds "

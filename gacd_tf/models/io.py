@@ -17,7 +17,9 @@ def load_model(path, safe_mode=True, saved_model=False):
             (a version folder ``BASE/NAME/N`` or ``BASE/NAME``, whose highest
             version is taken).
         safe_mode: keep True for files you did not write yourself; a model
-            file from an untrusted source is code.
+            file from an untrusted source is code. True refuses Python
+            lambdas (Lambda layers) in the file, with a ModelError that names
+            ``safe_mode=False`` and the programs' ``--unsafe_load``.
         saved_model: accept a SavedModel folder; it is returned as a
             :class:`gacd_tf.serving.ServedModel` (callable
             ``model(x, training=False) -> logits`` with ``input_shape`` and
@@ -47,8 +49,16 @@ def load_model(path, safe_mode=True, saved_model=False):
     try:
         model = keras.saving.load_model(path, safe_mode=safe_mode, compile=False)
     except Exception as err:  # Keras raises many types for bad archives.
+        if safe_mode and "safe_mode" in str(err):
+            raise ModelError(
+                f"{path} holds Python code (e.g. a Lambda layer) that safe_mode refuses to "
+                "load, since loading it would run that code; only if you trust the file's "
+                "source, pass --unsafe_load (programs) or safe_mode=False (Python)"
+            ) from err
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"could not load a model from {path}: {first}") from err
+        raise ModelError(
+            f"could not load a model from {path} ({first}); the file is corrupt or was not "
+            "written by model.save('NAME.keras'): save or download it again") from err
     if not isinstance(model, keras.Model):
         raise ModelError(f"{path} holds a {type(model).__name__}, not a keras.Model")
     return model

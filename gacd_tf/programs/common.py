@@ -7,6 +7,7 @@ stderr and exit code 1.
 """
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -28,9 +29,19 @@ def _track(define):
     return wrapper
 
 
+def _define_float(name, default, help, positive=False, **kwargs):
+    """``flags.DEFINE_float`` that refuses nan and inf (and, if ``positive``, values <= 0)."""
+    holder = flags.DEFINE_float(name, default, help, **kwargs)
+    flags.register_validator(name, lambda v: v is None or math.isfinite(v),
+                             message="must be a finite number")
+    if positive:
+        flags.register_validator(name, lambda v: v is None or v > 0, message="must be > 0")
+    return holder
+
+
 DEFINE_string = _track(flags.DEFINE_string)
 DEFINE_integer = _track(flags.DEFINE_integer)
-DEFINE_float = _track(flags.DEFINE_float)
+DEFINE_float = _track(_define_float)
 DEFINE_bool = _track(flags.DEFINE_bool)
 DEFINE_enum = _track(flags.DEFINE_enum)
 DEFINE_list = _track(flags.DEFINE_list)
@@ -91,6 +102,64 @@ def define_attack_flags():
     DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat-model norm.")
     flags.register_validator(
         "step_size", lambda v: v > 0, message="--step_size must be > 0")
+    check_one_step_fits("step_size", "attack_steps", attack_flag="attack")
+
+
+def check_one_step_fits(step_flag, steps_flag, default_flag=None, attack_flag=None):
+    """Refuses a one-step PGD whose step is larger than ``--eps`` (it would be clipped).
+
+    ``--step_flag`` (or ``--default_flag`` while it is unset) is the step size
+    and ``--steps_flag`` the number of steps; with ``attack_flag``, only
+    ``--attack_flag=pgd`` is checked (FGSM has no step size).
+    """
+    names = ["eps", step_flag, steps_flag] + [n for n in (default_flag, attack_flag) if n]
+
+    def check(values):
+        step = values[step_flag]
+        if step is None and default_flag:
+            step = values[default_flag]
+        if (attack_flag and values[attack_flag] != "pgd") or values[steps_flag] != 1 \
+                or step is None or step <= values["eps"]:
+            return True
+        source = f"--{step_flag}" if values[step_flag] is not None else \
+            f"--{step_flag} (unset, so --{default_flag})"
+        raise flags.ValidationError(
+            f"{source}={step:g} is larger than --eps={values['eps']:g} with "
+            f"--{steps_flag}=1: the single step would be clipped to eps; use a step size "
+            f"<= --eps, or more --{steps_flag}")
+
+    flags.register_multi_flags_validator(names, check)
+
+
+def register_arch_validator():
+    """Refuses an --arch that is not in the model zoo when the flags are parsed."""
+
+    def check(name):
+        from gacd_tf.models import MODELS
+
+        if name not in MODELS:
+            raise flags.ValidationError(
+                f"unknown architecture; choose one of: {', '.join(MODELS.names())}")
+        return True
+
+    flags.register_validator("arch", check)
+
+
+def define_load_flags():
+    DEFINE_bool("unsafe_load", False, "Load .keras files with safe_mode=False, which lets "
+                "them run arbitrary Python code (e.g. Lambda layers): only for files from a "
+                "source you trust.")
+
+
+def load_model_from_flags(path, flag, **kwargs):
+    """``gacd_tf.models.io.load_model(path)``, with safe_mode off only under --unsafe_load."""
+    from gacd_tf.models.io import load_model
+
+    if FLAGS.unsafe_load:
+        logging.warning("--unsafe_load: loading %s=%s with safe_mode=False; the file may run "
+                        "arbitrary code with your permissions, use it only if you trust its "
+                        "source", flag, path)
+    return load_model(path, safe_mode=not FLAGS.unsafe_load, **kwargs)
 
 
 def define_optimizer_flags(epochs=100, learning_rate=0.1):
@@ -237,7 +306,7 @@ def setup_runtime(seed):
 
 
 def run(main):
-    """``app.run(main)``, turning a GacdError into one line on stderr and exit 1."""
+    """``app.run(main)``, turning a bad flag or a GacdError into one line on stderr and exit 1."""
 
     def guarded(argv):
         try:
@@ -246,4 +315,19 @@ def run(main):
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)
 
-    app.run(guarded)
+    app.run(guarded, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, but a bad flag ends the program with one ``error:`` line."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as err:
+        problems = []
+        for line in str(err).splitlines():  # absl: one line per failed validator
+            if line.startswith("flags ") and ": --" in line:
+                line = line[line.index(": --") + 2:]  # drop "flags a=1, b=2: "
+            problems.append(line.strip())
+        message = "; ".join(p for p in problems if p)
+        print(f"error: {message} (fix the flag; --helpshort lists them)", file=sys.stderr)
+        sys.exit(1)

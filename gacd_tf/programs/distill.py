@@ -37,18 +37,20 @@ def define_flags():
     common.define_distribute_flags()
     common.DEFINE_enum("method", "gacd", METHODS.names(), "Distillation method.")
     common.DEFINE_string("teacher", None, "The robust teacher, a .keras file.")
+    common.define_load_flags()
     common.DEFINE_string("arch", "resnet20", "Student architecture from the model zoo.")
+    common.register_arch_validator()
     common.DEFINE_string("model_dir", None, "Output folder (created if needed).")
     common.DEFINE_bool("reweight", None, "Weight each sample by the teacher's probability of "
                        "its true class (default: on for gacd, off for ard).")
     # KD
     common.DEFINE_float("kd_alpha", 0.9, "KD: weight a of the KL term.", lower_bound=0.0,
                         upper_bound=1.0)
-    common.DEFINE_float("kd_temperature", 4.0, "KD: temperature.", lower_bound=1e-6)
+    common.DEFINE_float("kd_temperature", 4.0, "KD: temperature.", positive=True)
     # ARD
     common.DEFINE_float("ard_alpha", 1.0, "ARD: weight a of the KL term.", lower_bound=0.0,
                         upper_bound=1.0)
-    common.DEFINE_float("ard_temperature", 30.0, "ARD: temperature.", lower_bound=1e-6)
+    common.DEFINE_float("ard_temperature", 30.0, "ARD: temperature.", positive=True)
     common.DEFINE_enum("kl_reduction", "official", ["official", "batchmean"],
                        "ARD KL reduction: 'official' = mean over batch and classes (the "
                        "official code, (T^2/C) KL); 'batchmean' = textbook (C times stronger).")
@@ -58,7 +60,7 @@ def define_flags():
                         "--step_size).", lower_bound=0.0)
     # GACD
     common.DEFINE_integer("nce_k", 16384, "GACD: negatives per sample.", lower_bound=1)
-    common.DEFINE_float("nce_t", 0.1, "GACD: NCE temperature.", lower_bound=1e-6)
+    common.DEFINE_float("nce_t", 0.1, "GACD: NCE temperature.", positive=True)
     common.DEFINE_float("nce_momentum", 0.5, "GACD: memory-bank momentum.", lower_bound=0.0,
                         upper_bound=0.999)
     common.DEFINE_integer("embed_dim", 128, "GACD: embedding dimension.", lower_bound=1)
@@ -81,6 +83,8 @@ def define_flags():
                           "with the training attack (0: no validation).", lower_bound=0)
     common.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
     common.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
+    common.check_one_step_fits("train_step_size", "train_attack_steps", "step_size")
+    common.check_one_step_fits("ot_step_size", "ot_steps", "eps")
     flags.mark_flags_as_required(["teacher", "model_dir"])
 
 
@@ -149,7 +153,7 @@ def main(argv):
     del argv
     from gacd_tf.data import get_dataset_info
     from gacd_tf.evaluation import evaluate_robustness
-    from gacd_tf.models.io import check_model_fits, load_model
+    from gacd_tf.models.io import check_model_fits
     from gacd_tf.trainers import AdversarialTrainer
     from gacd_tf.trainers.checkpoint import ModelCheckpoint, save_model_atomic
 
@@ -157,7 +161,7 @@ def main(argv):
     strategy = common.strategy_from_flags()
     common.setup_runtime(FLAGS.seed)
     with strategy.scope():
-        teacher = load_model(FLAGS.teacher)
+        teacher = common.load_model_from_flags(FLAGS.teacher, "--teacher")
     # Refuse a teacher that does not fit the dataset before reading any data.
     check_model_fits(teacher, get_dataset_info(FLAGS.dataset), role="teacher",
                      source=FLAGS.teacher)

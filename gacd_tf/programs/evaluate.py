@@ -22,6 +22,7 @@ def define_flags():
     common.DEFINE_string("model", None, "A .keras model file, or a SavedModel gacd-export "
                           "wrote: a version folder BASE/NAME/N, or BASE/NAME for its "
                           "highest version.")
+    common.define_load_flags()
     common.DEFINE_string("output", None, "Write the results to this JSON file.")
     common.DEFINE_integer("verbose", 1, "Progress bar (1) or not (0).")
     flags.mark_flag_as_required("model")
@@ -31,10 +32,10 @@ def main(argv):
     del argv
     from gacd_tf.data import load_split, make_dataset
     from gacd_tf.evaluation import evaluate_robustness
-    from gacd_tf.models.io import check_model_fits, load_model
+    from gacd_tf.models.io import check_model_fits
 
     common.setup_runtime(FLAGS.seed)
-    model = load_model(FLAGS.model, saved_model=True)
+    model = common.load_model_from_flags(FLAGS.model, "--model", saved_model=True)
     test = load_split(FLAGS.dataset, "test", FLAGS.data_dir, FLAGS.test_examples)
     check_model_fits(model, test.info, source=FLAGS.model)
     if FLAGS.output:

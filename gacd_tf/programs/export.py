@@ -21,6 +21,7 @@ from gacd_tf.programs.common import FLAGS  # noqa: E402
 
 def define_flags():
     common.DEFINE_string("model", None, "The .keras model file to export.")
+    common.define_load_flags()
     common.DEFINE_string("export_dir", None, "Model base path BASE/NAME (TF Serving's "
                          "--model_base_path); the version folder N is written inside.")
     common.DEFINE_integer("version", None, "Version number N (default: highest existing + 1, "
@@ -34,10 +35,9 @@ def define_flags():
 
 def main(argv):
     del argv
-    from gacd_tf.models.io import load_model
     from gacd_tf.serving import export_onnx, export_saved_model
 
-    model = load_model(FLAGS.model)
+    model = common.load_model_from_flags(FLAGS.model, "--model")
     export = export_onnx if FLAGS.format == "onnx" else export_saved_model
     path = export(model, FLAGS.export_dir, version=FLAGS.version, overwrite=FLAGS.overwrite)
     print(path)

@@ -27,6 +27,7 @@ def define_flags():
     common.define_distribute_flags()
     common.DEFINE_string("model_dir", None, "Output folder (created if needed).")
     common.DEFINE_string("arch", "resnet20", "Architecture name from the model zoo.")
+    common.register_arch_validator()
     common.define_optimizer_flags(epochs=100, learning_rate=0.1)
     common.DEFINE_integer("train_attack_steps", 10, "PGD steps of the training attack.",
                           lower_bound=1)
@@ -38,6 +39,7 @@ def define_flags():
                           "pick best.keras (0: no validation).", lower_bound=0)
     common.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
     common.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
+    common.check_one_step_fits("train_step_size", "train_attack_steps", "step_size")
     flags.mark_flag_as_required("model_dir")
 
 
