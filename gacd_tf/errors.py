@@ -19,3 +19,7 @@ class ModelError(GacdError, ValueError):
 
 class ConfigError(GacdError, ValueError):
     """Flags or arguments are out of range or contradict each other."""
+
+
+class TrainingError(GacdError, RuntimeError):
+    """Training cannot go on: a numerical fault, or a checkpoint that does not fit."""

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from gacd_tf.attacks import PGD
 from gacd_tf.trainers import AdversarialTrainer
-from gacd_tf.trainers.checkpoint import ModelCheckpoint
+from gacd_tf.trainers import TrainingCheckpoint
 
 
 def tiny_model(seed=0):
@@ -70,7 +70,9 @@ def test_fit_reports_finite_metrics_and_writes_checkpoints(tmp_path, trades_beta
     before = [w.numpy().copy() for w in model.trainable_weights]
     trainer = AdversarialTrainer(model, attack=PGD(steps=2, seed=0), trades_beta=trades_beta)
     trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
-    ckpt = ModelCheckpoint(str(tmp_path / "model.keras"), str(tmp_path / "best.keras"))
+    ckpt = TrainingCheckpoint(str(tmp_path / "ckpt"), steps_per_epoch=3,
+                              last_path=str(tmp_path / "model.keras"),
+                              best_path=str(tmp_path / "best.keras"))
     history = trainer.fit(dataset(), validation_data=dataset(16), epochs=2, verbose=0,
                           callbacks=[ckpt])
     logs = history.history
@@ -84,7 +86,8 @@ def test_fit_reports_finite_metrics_and_writes_checkpoints(tmp_path, trades_beta
     x = tiny_data(4)[0]
     np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
     assert (tmp_path / "best.keras").is_file() and ckpt.best_epoch in (1, 2)
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(".tmp-*")) and not list(tmp_path.glob("ckpt/.tmp-*"))
+    assert [p.name for p in (tmp_path / "ckpt").glob("ckpt-*")] == ["ckpt-000000006.weights.h5"]
 
 
 def test_trades_loss_is_ce_plus_beta_kl():

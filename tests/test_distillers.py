@@ -118,7 +118,7 @@ def test_a_teacher_with_other_classes_is_refused(method):
 
 
 def test_gacd_state_checkpoint_holds_the_bank_and_z(tmp_path):
-    from gacd_tf.trainers.checkpoint import ModelCheckpoint
+    from gacd_tf.trainers import TrainingCheckpoint
 
     def build():
         trainer = make("gacd", tiny(2, name="student"), tiny(1, width=6, name="teacher"))
@@ -126,13 +126,14 @@ def test_gacd_state_checkpoint_holds_the_bank_and_z(tmp_path):
         return trainer
 
     trainer = build()
-    ckpt = ModelCheckpoint(str(tmp_path / "model.keras"),
-                           state_path=str(tmp_path / "distiller.weights.h5"))
+    ckpt = TrainingCheckpoint(str(tmp_path / "ckpt"), steps_per_epoch=3,
+                              last_path=str(tmp_path / "model.keras"))
     trainer.fit(dataset(), epochs=1, verbose=0, callbacks=[ckpt])
+    (state_file,) = (tmp_path / "ckpt").glob("ckpt-*.weights.h5")
     restored = build()
     assert not np.array_equal(restored.student_bank.bank.numpy(),
                               trainer.student_bank.bank.numpy())
-    restored.load_weights(tmp_path / "distiller.weights.h5")
+    restored.load_weights(state_file)
     np.testing.assert_array_equal(restored.student_bank.bank.numpy(),
                                   trainer.student_bank.bank.numpy())
     assert float(restored.student_bank.log_z.numpy()) == float(trainer.student_bank.log_z.numpy())

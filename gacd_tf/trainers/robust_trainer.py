@@ -63,10 +63,23 @@ class RobustTrainer(keras.Model):
             total = loss + l2_penalty(weights, self.weight_decay)
             total = total / num_replicas()
         grads = tape.gradient(total, weights)
+        # A non-finite gradient can leave the loss finite (ReLU maps NaN to 0
+        # on oneDNN) while it poisons the weights: report() then logs the
+        # step's loss as NaN, so the checkpoint callback stops the run.
+        checks = [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
+        self._update_finite = tf.reduce_all(tf.stack(checks + [tf.math.is_finite(total)]))
         self.optimizer.apply(grads, weights)
 
     def report(self, **values):
-        """Updates the training trackers and returns their results (train_step's return)."""
+        """Updates the training trackers and returns their results (train_step's return).
+
+        The ``loss`` of a step whose update had a NaN/Inf loss or gradient
+        is logged as NaN.
+        """
+        finite = getattr(self, "_update_finite", None)
+        if finite is not None and "loss" in values:
+            loss = tf.cast(values["loss"], tf.float32)
+            values["loss"] = tf.where(finite, loss, tf.constant(float("nan")))
         self._train_trackers.update(**values)
         return self._train_trackers.result()
 

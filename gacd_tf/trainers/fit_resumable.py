@@ -1,0 +1,136 @@
+"""``fit`` that picks up a killed run where its last checkpoint left it."""
+
+import os
+
+import keras
+import numpy as np
+
+from gacd_tf.errors import TrainingError
+from gacd_tf.trainers.training_checkpoint import TrainingCheckpoint, find_seed_generators, read_state
+
+
+def _restore(trainer, checkpoint, state):
+    path = os.path.join(checkpoint.directory, state["weights"])
+    try:
+        trainer.load_weights(path)
+    except Exception as err:  # h5py / Keras raise many types for a mismatched file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrainingError(
+            f"checkpoint {path} does not fit this model ({first}); resume with the flags that "
+            f"started the run, or use a new --model_dir") from err
+    generators = find_seed_generators(trainer)
+    missing = set(state["seed_generators"]) ^ set(generators)
+    if missing:
+        raise TrainingError(f"checkpoint {checkpoint.directory} holds random generators that do "
+                            f"not match this trainer ({', '.join(sorted(missing))}); resume with "
+                            "the flags that started the run, or use a new --model_dir")
+    for name, generator in generators.items():
+        generator.state.assign(np.asarray(state["seed_generators"][name],
+                                          dtype=generator.state.dtype))
+    checkpoint.restore_from(state)
+
+
+def fit_resumable(trainer, dataset_fn, epochs, steps_per_epoch, checkpoint, callbacks=(),
+                  validation_data=None, verbose=1):
+    """Trains ``trainer`` for ``epochs``, resuming from ``checkpoint`` when it holds a run.
+
+    Fresh start: builds the optimizer (so its slots are saved from the first
+    checkpoint on), then ``fit`` from epoch 0. Resume: loads the last
+    committed checkpoint (weights, optimizer, memory banks, random-generator
+    states, best value), finishes the interrupted epoch on the batches it
+    would have seen (``dataset_fn(epoch, step)``), then runs the remaining
+    epochs. With the same data and ``tf.config.experimental.
+    enable_op_determinism()``, the resumed run ends with exactly the weights
+    of an uninterrupted one. A run already completed is not trained again.
+
+    Callbacks are called once per ``fit`` (twice when resuming mid-epoch):
+    a ``keras.callbacks.CSVLogger`` among them is switched to append, and its
+    file is cleared on a fresh start. Loss trackers of the interrupted epoch
+    restart from the resumed step (its logged means cover the rest only).
+
+    Args:
+        trainer: a compiled trainer (fresh optimizer).
+        dataset_fn: ``dataset_fn(start_epoch, start_step)`` -> the stream of
+            training batches from there to the last epoch (e.g.
+            ``make_dataset(..., epochs=epochs, start_epoch=e, start_step=s)``).
+        epochs: total epochs of the run.
+        steps_per_epoch: batches per epoch.
+        checkpoint: a :class:`TrainingCheckpoint` for this run (or phase).
+        callbacks: further Keras callbacks.
+        validation_data: passed to ``fit``.
+        verbose: passed to ``fit``.
+
+    Returns:
+        dict with ``resumed_from`` (``{"epoch", "step_in_epoch",
+        "global_step"}`` or None) and ``completed_before`` (True when the run
+        had already finished).
+
+    Raises:
+        TrainingError: a NaN/Inf loss (naming the step and the last good
+            checkpoint), or a checkpoint that does not fit the trainer.
+    """
+    state = read_state(checkpoint.directory)
+    checkpoint.set_model(trainer)
+    with trainer.distribute_strategy.scope():
+        if not trainer.optimizer.built:
+            # Slot order = trainable_variables order, the same in every process.
+            trainer.optimizer.build(trainer.trainable_variables)
+    callbacks = list(callbacks)
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.CSVLogger):
+            if state is None and os.path.exists(callback.filename):
+                os.remove(callback.filename)
+            callback.append = True
+    info = {"resumed_from": None, "completed_before": False}
+    epoch, step = 0, 0
+    if state is not None:
+        _restore(trainer, checkpoint, state)
+        epoch, step = state["epoch"], state["step_in_epoch"]
+        info["resumed_from"] = {k: state[k] for k in ("epoch", "step_in_epoch", "global_step")}
+        if state["completed"] or epoch >= epochs:
+            info["completed_before"] = bool(state["completed"])
+            _finish(checkpoint, epochs)
+            return info
+    all_callbacks = [checkpoint] + callbacks
+    if step:
+        # The rest of the interrupted epoch, then the remaining epochs.
+        _fit(trainer, dataset_fn(epoch, step), epoch, epoch + 1, steps_per_epoch - step,
+             all_callbacks, validation_data, verbose)
+        _raise_on_failure(checkpoint)
+        epoch += 1
+    if epoch < epochs and not trainer.stop_training:
+        _fit(trainer, dataset_fn(epoch, 0), epoch, epochs, steps_per_epoch, all_callbacks,
+             validation_data, verbose)
+        _raise_on_failure(checkpoint)
+    _finish(checkpoint, epochs)
+    return info
+
+
+def _fit(trainer, dataset, initial_epoch, epochs, steps, callbacks, validation_data, verbose):
+    trainer.fit(dataset, initial_epoch=initial_epoch, epochs=epochs, steps_per_epoch=steps,
+                validation_data=validation_data, callbacks=callbacks, verbose=verbose,
+                shuffle=False)
+
+
+def _finish(checkpoint, epochs):
+    state = read_state(checkpoint.directory)
+    if state is not None and not state["completed"] and state["epoch"] >= epochs:
+        checkpoint.save(state["epoch"] - 1, checkpoint.steps_per_epoch, completed=True)
+
+
+def _raise_on_failure(checkpoint):
+    failure = checkpoint.failure
+    if not failure:
+        return
+    good = checkpoint.last_good()
+    if good is None:
+        where = "no checkpoint was written before it"
+    else:
+        where = (f"the last good checkpoint is {os.path.join(checkpoint.directory, good['weights'])}"
+                 f" (after {good['epoch']} epochs and {good['step_in_epoch']} steps, global step "
+                 f"{good['global_step']}), left untouched")
+    raise TrainingError(
+        f"training stopped: {failure['what']} at epoch {failure['epoch'] + 1}, step "
+        f"{failure['step_in_epoch']} (global step {failure['global_step']}); {where}. Lower "
+        "--learning_rate or check the inputs, and start again in a new --model_dir")
+
