@@ -1,32 +1,15 @@
 """The absl programs end to end, in subprocesses, on tiny data in the official layout."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-
-from gacd_tf.data import write_cifar10
-
-
-def run_program(module, *args, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("GACD_DATA_DIR", None)
-    return subprocess.run([sys.executable, "-m", f"gacd_tf.programs.{module}", *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+from program_helpers import run_program, write_tiny_cifar10
 
 
 @pytest.fixture(scope="module")
 def tiny_cifar10(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cifar10")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 40), ("test", 20)):
-        labels = np.arange(n) % 10
-        images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        write_cifar10(folder, split, images, labels)
-    return folder
+    return write_tiny_cifar10(tmp_path_factory.mktemp("cifar10"), train=40, test=20)
 
 
 @pytest.fixture(scope="module")

@@ -54,5 +54,7 @@ def load_saved_model(path):
         loaded = tf.saved_model.load(folder, tags=["serve"])
     except Exception as err:  # TF raises many types for bad SavedModels.
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"could not load a SavedModel from {folder}: {first}") from err
+        raise ModelError(f"could not load a SavedModel from {folder} ({first}); the folder is "
+                         "corrupt or not a SavedModel: pass a folder gacd-export wrote, or "
+                         "export the model again") from err
     return ServedModel(loaded, folder)
