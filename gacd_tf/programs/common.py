@@ -244,9 +244,10 @@ def prepare_output_dir(path, flag="--model_dir"):
 def load_data_from_flags():
     """Train/test splits and their pipelines, as the data flags ask.
 
-    Returns a namespace with ``train``, ``test``, ``info``, ``train_ds``
-    (shuffled, augmented, full batches), ``val_ds`` (``--val_examples``
-    class-balanced test examples, or None), ``test_ds`` and ``steps_per_epoch``.
+    Returns a namespace with ``train``, ``test``, ``info``, ``val_ds``
+    (``--val_examples`` class-balanced test examples, or None), ``test_ds``
+    and ``steps_per_epoch`` (full batches); training batches come from
+    :func:`fit_phase`.
     """
     import types
 
@@ -263,8 +264,6 @@ def load_data_from_flags():
         val_ds = make_dataset(val, FLAGS.batch_size, training=False)
     return types.SimpleNamespace(
         train=train, test=test, info=train.info, val_ds=val_ds,
-        train_ds=make_dataset(train, FLAGS.batch_size, training=True, seed=FLAGS.seed,
-                              augment=FLAGS.augment),
         test_ds=make_dataset(test, FLAGS.batch_size, training=False),
         steps_per_epoch=max(1, len(train.labels) // FLAGS.batch_size),  # full batches only
     )
@@ -285,23 +284,107 @@ def print_result(result, prefix=""):
           f"({result['num_examples']} test examples)")
 
 
-def training_callbacks(model_dir, name, checkpoint):
-    """TensorBoard (``logs/NAME``), a CSV log (``NAME_log.csv``), NaN stop, ``checkpoint``."""
+def training_callbacks(model_dir, name, checkpoint=None):
+    """TensorBoard (``logs/NAME``), a CSV log (``NAME_log.csv``), and ``checkpoint`` if given.
+
+    NaN/Inf losses are caught by :class:`gacd_tf.trainers.TrainingCheckpoint`
+    (which :func:`fit_phase` adds), so no ``TerminateOnNaN`` here.
+    """
     import keras
 
-    return [
-        checkpoint,
+    return ([checkpoint] if checkpoint is not None else []) + [
         keras.callbacks.TensorBoard(os.path.join(model_dir, "logs", name)),
         keras.callbacks.CSVLogger(os.path.join(model_dir, f"{name}_log.csv")),
-        keras.callbacks.TerminateOnNaN(),
     ]
 
 
+def define_checkpoint_flags():
+    """Checkpointing (resume after a kill) and op determinism."""
+    DEFINE_integer("checkpoint_every_steps", 200, "Checkpoint the full training state every "
+                   "this many steps, as well as after every epoch (0: after epochs only). "
+                   "Started again with the same flags and --model_dir, a killed run resumes "
+                   "from its last checkpoint.", lower_bound=0)
+    DEFINE_bool("deterministic", False, "Enable TensorFlow op determinism: with the same "
+                "--seed, two runs on the same machine give identical weights (slower).")
+
+
+# Flags that may change when a run is resumed (they do not change what is trained).
+RESUME_MAY_CHANGE = ("verbose", "checkpoint_every_steps", "data_dir", "unsafe_load")
+
+
+def checkpoint_dir(model_dir, phase):
+    return os.path.join(model_dir, "checkpoints", phase)
+
+
+def check_resume(model_dir):
+    """Refuses to resume the checkpoints in ``model_dir`` under other flags.
+
+    Call before ``flags.json`` is rewritten. Returns True when ``model_dir``
+    holds checkpoints of a run with the same flags (it will resume).
+    """
+    import glob
+
+    states = glob.glob(os.path.join(model_dir, "checkpoints", "*", "state.json"))
+    old_path = os.path.join(model_dir, "flags.json")
+    if not states or not os.path.isfile(old_path):
+        return False
+    with open(old_path) as f:
+        old = json.load(f)
+    new = json.loads(json.dumps(flag_values()))  # lists/tuples compare as in the file
+    changed = [name for name in sorted(set(old) | set(new))
+               if name not in RESUME_MAY_CHANGE and old.get(name) != new.get(name)]
+    if changed:
+        what = ", ".join(f"--{n}={old.get(n)} there, {new.get(n)} now" for n in changed[:4])
+        raise ConfigError(
+            f"--model_dir={model_dir} holds checkpoints of a run with other flags ({what}); "
+            "start it again with the same flags to resume it, or choose a new --model_dir")
+    logging.info("%s holds checkpoints of this run: resuming", model_dir)
+    return True
+
+
+def fit_phase(trainer, data, model_dir, phase, epochs, last_path=None, best_path=None):
+    """Trains one phase of a program resumably (``gacd_tf.trainers.fit_resumable``).
+
+    Batches come from ``data.train`` as the data flags say; checkpoints go to
+    ``model_dir/checkpoints/PHASE`` (every ``--checkpoint_every_steps`` and
+    after every epoch), the network to ``last_path`` / ``best_path`` after
+    each epoch, logs to ``PHASE_log.csv`` and ``logs/PHASE``.
+
+    Returns:
+        fit_resumable's dict (``resumed_from``, ``completed_before``).
+    """
+    from gacd_tf.data import make_dataset
+    from gacd_tf.trainers import TrainingCheckpoint, fit_resumable
+
+    checkpoint = TrainingCheckpoint(checkpoint_dir(model_dir, phase), data.steps_per_epoch,
+                                    every_steps=FLAGS.checkpoint_every_steps,
+                                    last_path=last_path, best_path=best_path)
+
+    def dataset_fn(start_epoch, start_step):
+        return make_dataset(data.train, FLAGS.batch_size, training=True, seed=FLAGS.seed,
+                            augment=FLAGS.augment, epochs=epochs, start_epoch=start_epoch,
+                            start_step=start_step)
+
+    info = fit_resumable(trainer, dataset_fn, epochs, data.steps_per_epoch, checkpoint,
+                         callbacks=training_callbacks(model_dir, phase),
+                         validation_data=data.val_ds, verbose=FLAGS.verbose)
+    if info["completed_before"]:
+        print(f"{phase}: already complete in {checkpoint.directory}, not trained again")
+    elif info["resumed_from"]:
+        where = info["resumed_from"]
+        print(f"{phase}: resumed after {where['epoch']} epochs and {where['step_in_epoch']} "
+              f"steps (global step {where['global_step']})")
+    return info
+
+
 def setup_runtime(seed):
-    """Quiet TF start-up logs and seed Python, NumPy and TF/Keras."""
+    """Quiet TF start-up logs, seed Python, NumPy and TF/Keras, and ``--deterministic``."""
     import keras
+    import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
+    if "deterministic" in FLAGS and FLAGS.deterministic:
+        tf.config.experimental.enable_op_determinism()
     logging.set_verbosity(logging.INFO)
 
 

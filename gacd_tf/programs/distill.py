@@ -3,9 +3,10 @@ optionally adversarially fine-tune it (AFT).
 
 Writes into --model_dir: flags.json, model.keras (the final student),
 distilled.keras (the student before AFT, when --aft_epochs > 0),
-distiller.weights.h5 (every variable of the distiller after the last epoch:
-student, embedding heads, GACD memory bank and Z),
-metrics.json (natural and PGD robust accuracy of the final student, and of
+checkpoints/distill/ and checkpoints/aft/ (the full training state after every
+epoch and every --checkpoint_every_steps: student, embedding heads, GACD
+memory bank and Z, optimizer, random generators; started again with the same
+flags, a killed run resumes from them), metrics.json (natural and PGD robust accuracy of the final student, and of
 the distilled one before AFT, plus the method's settings), distill_log.csv /
 aft_log.csv and TensorBoard logs in logs/distill and logs/aft.
 
@@ -19,6 +20,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import hashlib  # noqa: E402
+import json  # noqa: E402
 import time  # noqa: E402
 
 from absl import flags, logging  # noqa: E402
@@ -83,6 +85,7 @@ def define_flags():
                           "with the training attack (0: no validation).", lower_bound=0)
     common.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
     common.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
+    common.define_checkpoint_flags()
     common.check_one_step_fits("train_step_size", "train_attack_steps", "step_size")
     common.check_one_step_fits("ot_step_size", "ot_steps", "eps")
     flags.mark_flags_as_required(["teacher", "model_dir"])
@@ -155,9 +158,10 @@ def main(argv):
     from gacd_tf.evaluation import evaluate_robustness
     from gacd_tf.models.io import check_model_fits
     from gacd_tf.trainers import AdversarialTrainer
-    from gacd_tf.trainers.checkpoint import ModelCheckpoint, save_model_atomic
+    from gacd_tf.trainers.checkpoint import save_model_atomic
 
     model_dir = common.prepare_output_dir(FLAGS.model_dir)
+    common.check_resume(model_dir)
     strategy = common.strategy_from_flags()
     common.setup_runtime(FLAGS.seed)
     with strategy.scope():
@@ -166,7 +170,7 @@ def main(argv):
     check_model_fits(teacher, get_dataset_info(FLAGS.dataset), role="teacher",
                      source=FLAGS.teacher)
     data = common.load_data_from_flags()
-    info, train_ds, val_ds, test_ds = data.info, data.train_ds, data.val_ds, data.test_ds
+    info, test_ds = data.info, data.test_ds
     steps_per_epoch = data.steps_per_epoch
     common.write_json(os.path.join(model_dir, "flags.json"), common.flag_values())
     eval_attack = common.eval_attack_from_flags()
@@ -178,21 +182,28 @@ def main(argv):
         trainer.compile(optimizer=common.optimizer_from_flags(steps_per_epoch))
     model_path = os.path.join(model_dir, "model.keras")
     start = time.time()
-    trainer.fit(train_ds, epochs=FLAGS.epochs, validation_data=val_ds, shuffle=False,
-                callbacks=common.training_callbacks(model_dir, "distill", ModelCheckpoint(
-                    model_path, state_path=os.path.join(model_dir, "distiller.weights.h5"))),
-                verbose=FLAGS.verbose)
+    resumed = {"distill": common.fit_phase(trainer, data, model_dir, "distill", FLAGS.epochs,
+                                           model_path)["resumed_from"]}
     seconds = {"distill": round(time.time() - start, 1)}
     teacher_unchanged = weights_digest(teacher) == teacher_digest
-    if not teacher_unchanged:  # a bug, never a user error
-        raise RuntimeError("the teacher's weights changed during distillation")
+    if not teacher_unchanged:  # a bug (or a --teacher file replaced before resuming)
+        raise RuntimeError("the teacher's weights changed during distillation; if this run "
+                           "was resumed, was the --teacher file replaced?")
 
     result = {}
     if FLAGS.aft_epochs:
-        save_model_atomic(student, os.path.join(model_dir, "distilled.keras"))
-        logging.info("evaluating the distilled student before AFT")
-        result["before_aft"] = evaluate_robustness(student, test_ds, eval_attack,
-                                                   verbose=FLAGS.verbose)
+        # The distilled student's evaluation is kept, so a resumed AFT skips it.
+        before_path = os.path.join(common.checkpoint_dir(model_dir, "aft"), "before_aft.json")
+        if os.path.isfile(before_path):
+            with open(before_path) as f:
+                result["before_aft"] = json.load(f)
+        else:
+            save_model_atomic(student, os.path.join(model_dir, "distilled.keras"))
+            logging.info("evaluating the distilled student before AFT")
+            result["before_aft"] = evaluate_robustness(student, test_ds, eval_attack,
+                                                       verbose=FLAGS.verbose)
+            os.makedirs(os.path.dirname(before_path), exist_ok=True)
+            common.write_json(before_path, result["before_aft"])
         with strategy.scope():
             aft = AdversarialTrainer(student, attack=train_attack(),
                                      weight_decay=FLAGS.weight_decay)
@@ -200,16 +211,15 @@ def main(argv):
                 steps_per_epoch, epochs=FLAGS.aft_epochs,
                 learning_rate=FLAGS.aft_learning_rate, lr_schedule="constant"))
         start = time.time()
-        aft.fit(train_ds, epochs=FLAGS.aft_epochs, validation_data=val_ds, shuffle=False,
-                callbacks=common.training_callbacks(model_dir, "aft", ModelCheckpoint(model_path)),
-                verbose=FLAGS.verbose)
+        resumed["aft"] = common.fit_phase(aft, data, model_dir, "aft", FLAGS.aft_epochs,
+                                          model_path)["resumed_from"]
         seconds["aft"] = round(time.time() - start, 1)
 
     logging.info("evaluating %s on %d test examples", model_path, len(data.test.labels))
     result.update(evaluate_robustness(student, test_ds, eval_attack, verbose=FLAGS.verbose))
     result.update(method=FLAGS.method, settings=settings, arch=FLAGS.arch, teacher=FLAGS.teacher,
                   dataset=info.name, split="test", model="model.keras",
-                  aft_epochs=FLAGS.aft_epochs, train_seconds=seconds,
+                  aft_epochs=FLAGS.aft_epochs, train_seconds=seconds, resumed_from=resumed,
                   teacher_unchanged=teacher_unchanged)
     common.write_json(os.path.join(model_dir, "metrics.json"), result)
     common.print_result(result, prefix=f"{FLAGS.method}{'+aft' if FLAGS.aft_epochs else ''}: ")

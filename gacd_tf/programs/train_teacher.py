@@ -3,7 +3,9 @@
 Writes into --model_dir: flags.json, model.keras (last epoch), best.keras
 (best validation robust accuracy, when --val_examples > 0), metrics.json
 (natural and PGD robust accuracy of model.keras on the test split),
-train_log.csv and TensorBoard logs in logs/train/.
+train_log.csv, TensorBoard logs in logs/train/, and checkpoints/train/ (the
+full training state, after every epoch and every --checkpoint_every_steps):
+started again with the same flags, a killed run resumes from it.
 
 Example:
     gacd-train-teacher --flagfile=flags/quickstart.cfg --model_dir=runs/quickstart
@@ -39,6 +41,7 @@ def define_flags():
                           "pick best.keras (0: no validation).", lower_bound=0)
     common.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
     common.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
+    common.define_checkpoint_flags()
     common.check_one_step_fits("train_step_size", "train_attack_steps", "step_size")
     flags.mark_flag_as_required("model_dir")
 
@@ -48,9 +51,9 @@ def main(argv):
     from gacd_tf.attacks import PGD
     from gacd_tf.evaluation import evaluate_robustness
     from gacd_tf.trainers import AdversarialTrainer
-    from gacd_tf.trainers.checkpoint import ModelCheckpoint
 
     model_dir = common.prepare_output_dir(FLAGS.model_dir)
+    common.check_resume(model_dir)
     strategy = common.strategy_from_flags()
     common.setup_runtime(FLAGS.seed)
     common.write_json(os.path.join(model_dir, "flags.json"), common.flag_values())
@@ -65,19 +68,16 @@ def main(argv):
         trainer.compile(optimizer=common.optimizer_from_flags(data.steps_per_epoch))
 
     model_path = os.path.join(model_dir, "model.keras")
-    callbacks = common.training_callbacks(model_dir, "train", ModelCheckpoint(
-        model_path, os.path.join(model_dir, "best.keras") if data.val_ds else None))
     start = time.time()
-    # shuffle=False: the tf.data pipeline already shuffles (seeded) every epoch.
-    trainer.fit(data.train_ds, epochs=FLAGS.epochs, validation_data=data.val_ds,
-                callbacks=callbacks, verbose=FLAGS.verbose, shuffle=False)
+    resume = common.fit_phase(trainer, data, model_dir, "train", FLAGS.epochs, model_path,
+                              os.path.join(model_dir, "best.keras") if data.val_ds else None)
     train_seconds = time.time() - start
 
     logging.info("evaluating %s on %d test examples", model_path, len(data.test.labels))
     result = evaluate_robustness(model, data.test_ds, common.eval_attack_from_flags(),
                                  verbose=FLAGS.verbose)
     result.update(dataset=data.info.name, split="test", arch=FLAGS.arch, model="model.keras",
-                  train_seconds=round(train_seconds, 1),
+                  train_seconds=round(train_seconds, 1), resumed_from=resume["resumed_from"],
                   train_attack=attack.get_config(), trades_beta=FLAGS.trades_beta)
     common.write_json(os.path.join(model_dir, "metrics.json"), result)
     common.print_result(result)

@@ -8,13 +8,15 @@ from gacd_tf.trainers.adversarial_trainer import AdversarialTrainer
 from gacd_tf.trainers.ard_distiller import ARDDistiller
 from gacd_tf.trainers.common import l2_penalty, unpack_batch
 from gacd_tf.trainers.distiller import Distiller, check_teacher_fits_student
+from gacd_tf.trainers.fit_resumable import fit_resumable
 from gacd_tf.trainers.gacd_distiller import GACDDistiller
 from gacd_tf.trainers.kd_distiller import KDDistiller
 from gacd_tf.trainers.memory_bank import MemoryBank
 from gacd_tf.trainers.robust_trainer import RobustTrainer, accuracy
+from gacd_tf.trainers.training_checkpoint import TrainingCheckpoint
 
 __all__ = [
     "AdversarialTrainer", "ARDDistiller", "Distiller", "GACDDistiller", "KDDistiller",
     "MemoryBank", "RobustTrainer", "accuracy", "check_teacher_fits_student", "l2_penalty",
-    "unpack_batch",
+    "unpack_batch", "TrainingCheckpoint", "fit_resumable",
 ]

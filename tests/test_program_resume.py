@@ -1,0 +1,144 @@
+"""The programs survive a SIGKILL: started again with the same flags they resume
+from the last checkpoint and end exactly where an uninterrupted run ends
+(--deterministic); two --deterministic runs agree; a NaN stops a program
+with the step and the last good checkpoint; other flags refuse to resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from program_helpers import run_program, write_tiny_cifar10
+
+from gacd_tf.models import build_model
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return write_tiny_cifar10(tmp_path_factory.mktemp("cifar10"), train=96, test=16)
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "teacher.keras"
+    keras.utils.set_random_seed(1)
+    build_model("resnet8", num_classes=10).save(path)
+    return path
+
+
+def distill_args(data_dir, teacher, model_dir):
+    # 12 steps per epoch: 3 GACD epochs then 1 AFT epoch, checkpoints every 3 steps.
+    return [f"--data_dir={data_dir}", f"--teacher={teacher}", f"--model_dir={model_dir}",
+            "--method=gacd", "--arch=resnet8", "--epochs=3", "--aft_epochs=1",
+            "--batch_size=8", "--nce_k=8", "--embed_dim=8", "--train_attack_steps=1",
+            "--attack_steps=1", "--val_examples=8", "--checkpoint_every_steps=3",
+            "--lr_schedule=cosine", "--deterministic", "--verbose=0"]
+
+
+def weights(path):
+    return keras.saving.load_model(path, compile=False).get_weights()
+
+
+def start_program(module, args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("GACD_DATA_DIR", None)
+    return subprocess.Popen([sys.executable, "-m", f"gacd_tf.programs.{module}", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_distill_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tiny_data, teacher_file,
+                                                                       tmp_path):
+    reference = tmp_path / "reference"
+    result = run_program("distill", *distill_args(tiny_data, teacher_file, reference))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    args = distill_args(tiny_data, teacher_file, killed)
+    state_file = killed / "checkpoints" / "distill" / "state.json"
+    process = start_program("distill", args)
+    deadline = time.time() + 240
+    while not state_file.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)  # right after the first checkpoint (step 3)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    state = json.loads(state_file.read_text())
+    assert not state["completed"] and 0 < state["global_step"] < 36
+    assert not (killed / "metrics.json").exists()
+
+    result = run_program("distill", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "distill: resumed after" in result.stdout
+    metrics = json.loads((killed / "metrics.json").read_text())
+    assert metrics["resumed_from"]["distill"]["global_step"] == state["global_step"]
+    assert metrics["resumed_from"]["aft"] is None
+    final = json.loads(state_file.read_text())
+    assert final["completed"] and final["global_step"] == 36
+    aft_state = json.loads((killed / "checkpoints" / "aft" / "state.json").read_text())
+    assert aft_state["completed"] and aft_state["global_step"] == 12
+
+    for name in ("model.keras", "distilled.keras"):
+        for a, b in zip(weights(killed / name), weights(reference / name)):
+            np.testing.assert_array_equal(a, b)
+    want = json.loads((reference / "metrics.json").read_text())
+    for key in ("natural_accuracy", "robust_accuracy"):
+        assert metrics[key] == want[key] and metrics["before_aft"][key] == want["before_aft"][key]
+    # The CSV log holds every epoch once, in order, across the kill.
+    log = (killed / "distill_log.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in log[1:]] == ["0", "1", "2"]
+
+
+def teacher_args(data_dir, model_dir, *extra):
+    return [f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--arch=resnet8",
+            "--epochs=1", "--batch_size=16", "--train_attack_steps=1", "--attack_steps=1",
+            "--val_examples=0", "--test_examples=16", "--verbose=0", *extra]
+
+
+def test_two_deterministic_runs_give_identical_weights(tiny_data, tmp_path):
+    for name in ("a", "b"):
+        result = run_program("train_teacher", *teacher_args(tiny_data, tmp_path / name,
+                                                             "--deterministic"))
+        assert result.returncode == 0, result.stderr[-3000:]
+    pairs = list(zip(weights(tmp_path / "a" / "model.keras"),
+                     weights(tmp_path / "b" / "model.keras")))
+    assert pairs and all(np.array_equal(a, b) for a, b in pairs)
+    # ... and the training moved them (the comparison can fail).
+    fresh = build_model("resnet8", num_classes=10).get_weights()
+    assert any(a.shape == f.shape and not np.allclose(a, f) for (a, _), f in zip(pairs, fresh))
+
+
+def test_resuming_with_other_flags_is_refused(tiny_data, tmp_path):
+    result = run_program("train_teacher", *teacher_args(tiny_data, tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_program("train_teacher", *teacher_args(tiny_data, tmp_path, "--seed=3"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --model_dir={tmp_path} holds checkpoints of a run with other flags (--seed=0 "
+        "there, 3 now); start it again with the same flags to resume it, or choose a new "
+        "--model_dir")
+    # The same flags again: already complete, nothing trained, metrics rewritten.
+    result = run_program("train_teacher", *teacher_args(tiny_data, tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train: already complete" in result.stdout
+
+
+def test_a_nan_loss_stops_the_program_naming_the_step_and_last_checkpoint(tiny_data, tmp_path):
+    result = run_program("train_teacher", *teacher_args(
+        tiny_data, tmp_path, "--learning_rate=1e30", "--epochs=2", "--checkpoint_every_steps=1"))
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]
+    # Step 1 is finite (and checkpointed); its huge update makes step 2's loss NaN.
+    checkpoint = tmp_path / "checkpoints" / "train" / "ckpt-000000001.weights.h5"
+    assert line == (
+        "error: training stopped: loss nan at epoch 1, step 2 (global step 2); the last good "
+        f"checkpoint is {checkpoint} (after 0 epochs and 1 steps, global step 1), left "
+        "untouched. Lower --learning_rate or check the inputs, and start again in a new "
+        "--model_dir")
+    state = json.loads((checkpoint.parent / "state.json").read_text())
+    assert state["global_step"] == 1 and checkpoint.is_file()
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "model.keras").exists()
