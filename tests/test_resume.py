@@ -8,9 +8,11 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from gacd_tf import data
 from gacd_tf.attacks import PGD
+from gacd_tf.distribute import make_strategy
 from gacd_tf.errors import TrainingError
 from gacd_tf.trainers import (AdversarialTrainer, GACDDistiller, TrainingCheckpoint,
                               fit_resumable)
@@ -41,7 +43,12 @@ def split():
                            info=data.get_dataset_info("cifar10"), split="train")
 
 
-def build(method):
+def build(method, strategy=None):
+    with (strategy or tf.distribute.get_strategy()).scope():
+        return _build(method)
+
+
+def _build(method):
     student = tiny(1, "student", batch_norm=False)
     if method == "adversarial":
         trainer = AdversarialTrainer(student, attack=PGD(steps=1, seed=3))
@@ -54,8 +61,8 @@ def build(method):
     return trainer
 
 
-def run(method, directory, kill_at=None, every=2):
-    trainer = build(method)
+def run(method, directory, kill_at=None, every=2, strategy=None):
+    trainer = build(method, strategy)
     train = split()
     ckpt = TrainingCheckpoint(str(directory), STEPS, every_steps=every)
 
@@ -188,6 +195,21 @@ def test_a_nan_loss_stops_naming_the_step_and_the_untouched_last_checkpoint(tmp_
 
 
 def tf_nan_if(condition):
-    import tensorflow as tf
-
     return tf.where(condition, tf.constant(np.nan, tf.float32), 0.0)
+
+
+def test_a_mirrored_run_resumes_to_the_uninterrupted_mirrored_result(tmp_path):
+    """Two replicas: killed, then resumed under the strategy (bank and generators too)."""
+    strategy = make_strategy("mirrored", cpu_devices=2)
+    reference, _ = run("gacd", tmp_path / "reference", strategy=strategy)
+    want = state_of(reference)
+    keras.backend.clear_session()
+    with pytest.raises(Interrupt):
+        run("gacd", tmp_path / "mirrored", kill_at=5, strategy=strategy)
+    keras.backend.clear_session()
+    resumed, info = run("gacd", tmp_path / "mirrored", strategy=strategy)
+    assert info["resumed_from"]["global_step"] == 4
+    got = state_of(resumed)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
