@@ -213,3 +213,22 @@ def test_a_mirrored_run_resumes_to_the_uninterrupted_mirrored_result(tmp_path):
     assert len(got) == len(want)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_every_random_generator_of_every_trainer_is_found():
+    from gacd_tf.trainers import ARDDistiller, KDDistiller
+    from gacd_tf.trainers.training_checkpoint import find_seed_generators
+
+    student, teacher = tiny(1, "student", batch_norm=False), tiny(2, "teacher", batch_norm=False)
+    trades = AdversarialTrainer(student, attack=PGD(steps=1, seed=0), trades_beta=6.0)
+    found = find_seed_generators(trades)
+    assert list(found) == ["attack.seed_generator", "eval_attack.seed_generator"]
+    assert found["attack.seed_generator"] is trades.attack.seed_generator
+    ard = ARDDistiller(student, teacher, attack=PGD(steps=1, seed=0), eval_attack=PGD(seed=1))
+    assert list(find_seed_generators(ard)) == ["attack.seed_generator",
+                                               "eval_attack.seed_generator"]
+    kd = KDDistiller(student, teacher)
+    assert list(find_seed_generators(kd)) == ["eval_attack.seed_generator"]
+    gacd = build("gacd")
+    assert list(find_seed_generators(gacd)) == [
+        "attack.seed_generator", "eval_attack.seed_generator", "sampler.seed_generator"]

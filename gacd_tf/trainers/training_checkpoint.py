@@ -47,7 +47,7 @@ def find_seed_generators(trainer):
             return
         if obj is trainer or type(obj).__module__.startswith("gacd_tf"):
             for name, value in sorted(vars(obj).items()):
-                if not name.startswith("_") or name in ("_train_trackers", "_test_trackers"):
+                if not name.startswith("_"):
                     visit(value, f"{path}.{name}" if path else name)
 
     visit(trainer, "")
