@@ -8,7 +8,9 @@ from setuptools import find_packages, setup
 HERE = pathlib.Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "gacd_tf" / "__init__.py").read_text())[1]
 
-TEST = ["pytest>=8", "POT>=0.9.4"]
+# gacd-analyze: pictures (Agg, headless) and t-SNE.
+ANALYSIS = ["matplotlib>=3.8", "scikit-learn>=1.4"]
+TEST = ["pytest>=8", "POT>=0.9.4"] + ANALYSIS
 
 setup(
     name="gacd_tf",
@@ -32,6 +34,7 @@ setup(
         "cpu": ["tensorflow-cpu==2.21.*"],
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
         "test": TEST,
+        "analysis": ANALYSIS,
         # gacd-export --format=onnx (tf2onnx 1.17 works with TF 2.21, numpy 2, protobuf 7).
         "onnx": ["tf2onnx>=1.17", "onnx>=1.17", "onnxruntime>=1.20"],
         # export/grpc_client.py. tensorflow-serving-api 2.21 declares a dependency on
@@ -47,6 +50,7 @@ setup(
             "gacd-evaluate=gacd_tf.programs.evaluate:entry_point",
             "gacd-distill=gacd_tf.programs.distill:entry_point",
             "gacd-export=gacd_tf.programs.export:entry_point",
+            "gacd-analyze=gacd_tf.programs.analyze:entry_point",
         ]
     },
     classifiers=[

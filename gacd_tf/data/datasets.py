@@ -61,6 +61,13 @@ _register(
 )
 DATASET_NAMES = tuple(DATASETS.names())
 _SPLIT_ALIASES = {"unlabeled": "unlabelled"}
+# Official class names (CIFAR-10 batches.meta.txt, STL-10 class_names.txt).
+CLASS_NAMES = {
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                "ship", "truck"),
+    "stl10": ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship",
+              "truck"),
+}
 
 
 def get_dataset_info(name):
@@ -169,7 +176,73 @@ def _load_tfds(name, split, label_mode):
     return data["image"], labels
 
 
-def load_split(dataset, split, data_dir=None, examples=None, label_mode="fine"):
+def class_names(dataset, classes=None):
+    """Human-readable names of a dataset's classes (``"class N"`` when unknown).
+
+    Args:
+        dataset: a registered dataset name.
+        classes: original class ids to name (default: all of them).
+
+    Returns:
+        Tuple of strings, one per class.
+
+    Example:
+    >>> class_names("cifar10", [9, 2])
+    ('truck', 'bird')
+    """
+    info = get_dataset_info(dataset)
+    classes = range(info.num_classes) if classes is None else classes
+    known = CLASS_NAMES.get(dataset, ())
+    return tuple(known[c] if 0 <= c < len(known) else f"class {c}" for c in classes)
+
+
+def select_classes(split, classes):
+    """Keeps the examples of some classes and relabels them ``0 .. len(classes) - 1``.
+
+    Class ``classes[j]`` becomes label ``j``; the examples keep their file
+    order, and ``info.num_classes`` becomes ``len(classes)``. This makes a
+    new task out of an existing dataset, e.g. CIFAR-10 classes 5-9 as a
+    5-class transfer target for a backbone trained on classes 0-4.
+
+    Args:
+        split: an :class:`ArraySplit` with labels.
+        classes: distinct original class ids, in the order of the new labels.
+
+    Returns:
+        A new :class:`ArraySplit`.
+
+    Raises:
+        DataError: for an empty, repeated or out-of-range class list, or an
+            unlabelled split.
+
+    Example:
+    >>> train = load_split("cifar10", "train", "data/cifar10")  # doctest: +SKIP
+    >>> upper = select_classes(train, [5, 6, 7, 8, 9])  # doctest: +SKIP
+    >>> upper.info.num_classes, sorted(set(upper.labels))  # doctest: +SKIP
+    (5, [0, 1, 2, 3, 4])
+    """
+    classes = [int(c) for c in classes]
+    name = f"{split.info.name} {split.split}"
+    if not classes:
+        raise DataError(f"no classes given to select from {name}; name at least one class")
+    if len(set(classes)) != len(classes):
+        raise DataError(f"classes {classes} repeat a class; list each class once")
+    bad = [c for c in classes if not 0 <= c < split.info.num_classes]
+    if bad:
+        raise DataError(f"classes {bad} are out of range for {name}: it has classes "
+                        f"0..{split.info.num_classes - 1}")
+    lookup = np.full(split.info.num_classes, -1, np.int32)
+    lookup[classes] = np.arange(len(classes), dtype=np.int32)
+    labels = np.asarray(split.labels)
+    if (labels < 0).any():
+        raise DataError(f"{name} is unlabelled; classes can only be selected from labelled splits")
+    keep = np.flatnonzero(lookup[labels] >= 0)
+    return ArraySplit(images=split.images[keep], labels=lookup[labels[keep]],
+                      info=dataclasses.replace(split.info, num_classes=len(classes)),
+                      split=split.split)
+
+
+def load_split(dataset, split, data_dir=None, examples=None, label_mode="fine", classes=None):
     """Loads one split as uint8 NHWC images and int32 labels.
 
     Args:
@@ -182,6 +255,8 @@ def load_split(dataset, split, data_dir=None, examples=None, label_mode="fine"):
             many examples (:func:`balanced_subset_indices`); for the unlabelled
             split, the first ``examples`` images.
         label_mode: CIFAR-100 only: ``"fine"`` (100 classes) or ``"coarse"`` (20).
+        classes: if given, keep only these classes, relabelled 0..len-1
+            (:func:`select_classes`), before taking the ``examples`` subset.
 
     Returns:
         An :class:`ArraySplit`; ``index i`` of a sample is its position in it.
@@ -219,6 +294,9 @@ def load_split(dataset, split, data_dir=None, examples=None, label_mode="fine"):
             source = f"tensorflow-datasets {dataset} {split}"
             labels = binary_formats.validate_labels(labels, info.num_classes, source)
     labels = labels.astype(np.int32)
+    if classes is not None:
+        chosen = select_classes(ArraySplit(images, labels, info, split), classes)
+        images, labels, info = chosen.images, chosen.labels, chosen.info
 
     if examples is not None:
         _check_examples(examples, len(labels))

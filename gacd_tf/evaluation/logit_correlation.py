@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from gacd_tf.attacks import as_outputs
+from gacd_tf.errors import ModelError
 from gacd_tf.trainers.common import unpack_batch
 
 
@@ -48,13 +49,29 @@ def correlation_difference(teacher, student, dataset, attack=None):
     teacher's class correlations (lower is closer).
 
     Args:
-        teacher, student: models mapping images to logits, same class count.
+        teacher, student: models mapping images to logits, same class count;
+            either may instead be its already computed ``[C, C]`` correlation
+            matrix (e.g. the teacher's, computed once for several students).
         dataset: the examples (the test split in the paper).
         attack: attack each model with it first (its own adversarial examples).
 
     Returns:
         ``(difference [C, C], mean absolute difference)``.
+
+    Example:
+    >>> corr_t = logit_correlation(teacher, test_ds)  # doctest: +SKIP
+    >>> _, mean = correlation_difference(corr_t, student, test_ds)  # doctest: +SKIP
     """
-    difference = np.abs(logit_correlation(teacher, dataset, attack)
-                        - logit_correlation(student, dataset, attack))
+
+    def matrix(model):
+        if isinstance(model, np.ndarray):
+            return model
+        return logit_correlation(model, dataset, attack)
+
+    corr_t, corr_s = matrix(teacher), matrix(student)
+    if corr_t.shape != corr_s.shape:
+        raise ModelError(f"teacher and student correlation matrices differ in shape: "
+                         f"{corr_t.shape} vs {corr_s.shape}; compare models with the same "
+                         "classes")
+    difference = np.abs(corr_t - corr_s)
     return difference, float(difference.mean())

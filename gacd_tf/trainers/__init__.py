@@ -11,6 +11,7 @@ from gacd_tf.trainers.distiller import Distiller, check_teacher_fits_student
 from gacd_tf.trainers.fit_resumable import fit_resumable
 from gacd_tf.trainers.gacd_distiller import GACDDistiller
 from gacd_tf.trainers.kd_distiller import KDDistiller
+from gacd_tf.trainers.linear_probe import LinearProbe
 from gacd_tf.trainers.memory_bank import MemoryBank
 from gacd_tf.trainers.robust_trainer import RobustTrainer, accuracy
 from gacd_tf.trainers.training_checkpoint import TrainingCheckpoint
@@ -18,5 +19,5 @@ from gacd_tf.trainers.training_checkpoint import TrainingCheckpoint
 __all__ = [
     "AdversarialTrainer", "ARDDistiller", "Distiller", "GACDDistiller", "KDDistiller",
     "MemoryBank", "RobustTrainer", "accuracy", "check_teacher_fits_student", "l2_penalty",
-    "unpack_batch", "TrainingCheckpoint", "fit_resumable",
+    "unpack_batch", "LinearProbe", "TrainingCheckpoint", "fit_resumable",
 ]
