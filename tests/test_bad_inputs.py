@@ -151,7 +151,7 @@ CATALOGUE = [
      ["--model_dir={root}/blocker/run is not a writable folder (Not a directory); "
       "choose another folder"]),
     ("unwritable_output", "evaluate", ["--output={root}/blocker/eval.json"],
-     ["--output={root}/blocker is not a writable folder", "choose another folder"]),
+     ["the folder of --output={root}/blocker is a file, not a folder; choose another folder"]),
     ("unwritable_export_dir", "export", ["--export_dir={root}/blocker/export"],
      ["--export_dir={root}/blocker/export cannot be created"]),
     # --- files that are not a model

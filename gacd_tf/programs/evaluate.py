@@ -39,7 +39,8 @@ def main(argv):
     test = load_split(FLAGS.dataset, "test", FLAGS.data_dir, FLAGS.test_examples)
     check_model_fits(model, test.info, source=FLAGS.model)
     if FLAGS.output:
-        common.prepare_output_dir(os.path.dirname(os.path.abspath(FLAGS.output)), "--output")
+        common.prepare_output_dir(os.path.dirname(os.path.abspath(FLAGS.output)),
+                                  "the folder of --output")
     result = evaluate_robustness(model, make_dataset(test, FLAGS.batch_size, training=False),
                                  common.eval_attack_from_flags(), verbose=FLAGS.verbose)
     result.update(dataset=test.info.name, split="test", model=FLAGS.model)
