@@ -58,7 +58,7 @@ def test_balanced_subset_errors():
     labels = np.array([0, 0, 0, 1])
     with pytest.raises(DataError, match="class 1 has only 1 examples but needs 2"):
         data.balanced_subset_indices(labels, 4, 2)
-    with pytest.raises(DataError, match="--examples=5 is out of range: the split holds 4"):
+    with pytest.raises(DataError, match="examples=5 is out of range: the split holds 4"):
         data.balanced_subset_indices(labels, 5, 2)
 
 
@@ -263,3 +263,12 @@ def test_epoch_stream_rebuilds_any_epoch_and_the_rest_of_one():
             np.testing.assert_array_equal(a, b)
     other = list(data.make_dataset(split, batch_size=8, training=True, seed=5, epochs=1))
     assert not np.array_equal(np.concatenate([b[2] for b in other]), epochs[0])
+
+
+def test_too_many_examples_names_the_flag(tmp_path):
+    rng = np.random.default_rng(0)
+    data.write_cifar10(tmp_path, "test", rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8),
+                       np.arange(10) % 10)
+    with pytest.raises(DataError, match=r"^--test_examples=11 is out of range: the test split "
+                                        r"holds 10 examples; ask for 1 to 10$"):
+        data.load_split("cifar10", "test", data_dir=tmp_path, examples=11)

@@ -116,9 +116,12 @@ class ArraySplit:
         return len(self.labels)
 
 
-def _check_examples(n, size):
+def _check_examples(n, size, split=None):
     if not 1 <= n <= size:
-        raise DataError(f"--examples={n} is out of range: the split holds {size} examples")
+        flag = {"train": "--train_examples", "test": "--test_examples"}.get(split, "examples")
+        where = f"the {split} split" if split else "the split"
+        raise DataError(f"{flag}={n} is out of range: {where} holds {size} examples; ask for "
+                        f"1 to {size}")
 
 
 def balanced_subset_indices(labels, n, num_classes):
@@ -299,7 +302,7 @@ def load_split(dataset, split, data_dir=None, examples=None, label_mode="fine", 
         images, labels, info = chosen.images, chosen.labels, chosen.info
 
     if examples is not None:
-        _check_examples(examples, len(labels))
+        _check_examples(examples, len(labels), split)
         # Unlabelled: the first images (a slice keeps a memory map lazy).
         if split == "unlabelled":
             keep = slice(examples)
