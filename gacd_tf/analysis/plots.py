@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 DPI = 100
-HEATMAP_PANEL = (4.8, 4.2)  # inches per heat-map panel (width, height)
+HEATMAP_PANEL = (4.8, 4.6)  # inches per heat-map panel (width, height)
 SCATTER_PANEL = (4.2, 4.2)  # inches per t-SNE panel
 CHART = (6.4, 4.0)  # inches of a line or bar chart
 # Natural target class, natural source class, adversarial source images (paper Figure 5).

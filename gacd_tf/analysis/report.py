@@ -55,6 +55,8 @@ class Run:
         seconds = self.metrics.get("train_seconds")
         if isinstance(seconds, dict):
             seconds = sum(v for v in seconds.values() if isinstance(v, (int, float)))
+        if isinstance(seconds, (int, float)):
+            seconds = int(round(seconds))
         method = self.metrics.get("method") or self.flags.get("method")
         if method and self.metrics.get("aft_epochs"):
             method += "+aft"
