@@ -124,12 +124,14 @@ def load_runs(paths):
 
 
 def flag_table(runs, differing):
-    """Markdown table flag x run of the flags that differ (``differing=True``) or all."""
+    """Markdown table flag x run of all flags, or (``differing=True``) of those whose
+    values differ between the runs that have them."""
     keys = sorted({k for run in runs for k in run.flags})
     rows = []
     for key in keys:
         values = [format_value(run.flags.get(key)) for run in runs]
-        varies = len(set(values)) > 1
+        # A flag only one program has (e.g. --nce_k) differs if its runs disagree.
+        varies = len({format_value(run.flags[key]) for run in runs if key in run.flags}) > 1
         if differing and (not varies or key in _NOISE_FLAGS):
             continue
         rows.append({"flag": f"`--{key}`", **{run.name: v for run, v in zip(runs, values)}})
