@@ -153,6 +153,11 @@ def make_dataset(split, batch_size, training, seed=0, augment=None, drop_remaind
         ds = _epoch_seeds(seed, epochs, start_epoch).flat_map(one_epoch)
         if start_step:
             ds = ds.skip(start_step)
+        # flat_map hides the length; Keras needs it to end an epoch quietly.
+        per_epoch = n // batch_size if drop_remainder else -(-n // batch_size)
+        count = 1 if epochs is None else max(0, epochs - start_epoch)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(
+            max(0, count * per_epoch - start_step)))
     ds = ds.map(
         lambda x, y, i: (tf.cast(x, tf.float32) / 255.0, y, i),
         num_parallel_calls=_AUTOTUNE,
