@@ -51,6 +51,18 @@ def start_program(module, args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+def kill_after(args, state_file):
+    """Starts gacd-distill, SIGKILLs it as soon as ``state_file`` appears, returns the state."""
+    process = start_program("distill", args)
+    deadline = time.time() + 240
+    while not state_file.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate()
+    assert process.returncode == -signal.SIGKILL, stderr[-3000:]
+    return json.loads(state_file.read_text())
+
+
 def test_distill_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tiny_data, teacher_file,
                                                                        tmp_path):
     reference = tmp_path / "reference"
@@ -59,28 +71,27 @@ def test_distill_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tiny_data
 
     killed = tmp_path / "killed"
     args = distill_args(tiny_data, teacher_file, killed)
-    state_file = killed / "checkpoints" / "distill" / "state.json"
-    process = start_program("distill", args)
-    deadline = time.time() + 240
-    while not state_file.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)  # right after the first checkpoint (step 3)
-    process.communicate()
-    assert process.returncode == -signal.SIGKILL
-    state = json.loads(state_file.read_text())
-    assert not state["completed"] and 0 < state["global_step"] < 36
-    assert not (killed / "metrics.json").exists()
+    distill_state = killed / "checkpoints" / "distill" / "state.json"
+    aft_state = killed / "checkpoints" / "aft" / "state.json"
 
+    # Killed right after the first GACD checkpoint (step 3 of 12) ...
+    state = kill_after(args, distill_state)
+    assert not state["completed"] and state["step_in_epoch"] > 0  # mid-epoch
+    assert not (killed / "metrics.json").exists()
+    # ... started again, killed again right after the first AFT checkpoint ...
+    aft = kill_after(args, aft_state)
+    assert not aft["completed"] and aft["step_in_epoch"] > 0
+    assert json.loads(distill_state.read_text())["completed"]
+    assert (killed / "checkpoints" / "aft" / "before_aft.json").is_file()
+    # ... and started once more, it finishes.
     result = run_program("distill", *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "distill: resumed after" in result.stdout
+    assert "aft: resumed after" in result.stdout
     metrics = json.loads((killed / "metrics.json").read_text())
-    assert metrics["resumed_from"]["distill"]["global_step"] == state["global_step"]
-    assert metrics["resumed_from"]["aft"] is None
-    final = json.loads(state_file.read_text())
-    assert final["completed"] and final["global_step"] == 36
-    aft_state = json.loads((killed / "checkpoints" / "aft" / "state.json").read_text())
-    assert aft_state["completed"] and aft_state["global_step"] == 12
+    assert metrics["resumed_from"]["aft"]["global_step"] == aft["global_step"]
+    assert json.loads(distill_state.read_text())["global_step"] == 36
+    assert json.loads(aft_state.read_text())["completed"]
+    assert json.loads(aft_state.read_text())["global_step"] == 12
 
     for name in ("model.keras", "distilled.keras"):
         for a, b in zip(weights(killed / name), weights(reference / name)):
@@ -88,9 +99,14 @@ def test_distill_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tiny_data
     want = json.loads((reference / "metrics.json").read_text())
     for key in ("natural_accuracy", "robust_accuracy"):
         assert metrics[key] == want[key] and metrics["before_aft"][key] == want["before_aft"][key]
-    # The CSV log holds every epoch once, in order, across the kill.
+    # The CSV logs hold every epoch once, in order, across the kills.
     log = (killed / "distill_log.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in log[1:]] == ["0", "1", "2"]
+    log = (killed / "aft_log.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in log[1:]] == ["0"]
+    # Started again once complete: nothing to do.
+    result = run_program("distill", *args)
+    assert result.returncode == 0 and "complete (metrics.json); nothing to do" in result.stdout
 
 
 def teacher_args(data_dir, model_dir, *extra):
@@ -124,7 +140,7 @@ def test_resuming_with_other_flags_is_refused(tiny_data, tmp_path):
     # The same flags again: already complete, nothing trained, metrics rewritten.
     result = run_program("train_teacher", *teacher_args(tiny_data, tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "train: already complete" in result.stdout
+    assert "complete (metrics.json); nothing to do" in result.stdout
 
 
 def test_a_nan_loss_stops_the_program_naming_the_step_and_last_checkpoint(tiny_data, tmp_path):
@@ -142,3 +158,23 @@ def test_a_nan_loss_stops_the_program_naming_the_step_and_last_checkpoint(tiny_d
     state = json.loads((checkpoint.parent / "state.json").read_text())
     assert state["global_step"] == 1 and checkpoint.is_file()
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "model.keras").exists()
+
+
+def test_the_deterministic_flag_turns_on_op_determinism(monkeypatch):
+    from tensorflow.python.framework import config
+
+    from gacd_tf.programs import common
+
+    class Flags:
+        deterministic = True
+
+        def __contains__(self, name):
+            return name == "deterministic"
+
+    monkeypatch.setattr(common, "FLAGS", Flags())
+    assert not config.is_op_determinism_enabled()
+    try:
+        common.setup_runtime(0)
+        assert config.is_op_determinism_enabled()
+    finally:
+        config.disable_op_determinism()

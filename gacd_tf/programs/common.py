@@ -218,13 +218,10 @@ def flag_values():
 
 
 def write_json(path, obj):
-    """Writes ``obj`` as JSON atomically (temporary file, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Writes ``obj`` as JSON atomically (temporary file, flushed, then renamed)."""
+    from gacd_tf.trainers.checkpoint import write_json_atomic
+
+    write_json_atomic(path, obj)
 
 
 def prepare_output_dir(path, flag="--model_dir"):
@@ -286,15 +283,15 @@ def print_result(result, prefix=""):
           f"({result['num_examples']} test examples)")
 
 
-def training_callbacks(model_dir, name, checkpoint=None):
-    """TensorBoard (``logs/NAME``), a CSV log (``NAME_log.csv``), and ``checkpoint`` if given.
+def training_callbacks(model_dir, name):
+    """TensorBoard (``logs/NAME``) and a CSV log (``NAME_log.csv``).
 
     NaN/Inf losses are caught by :class:`gacd_tf.trainers.TrainingCheckpoint`
     (which :func:`fit_phase` adds), so no ``TerminateOnNaN`` here.
     """
     import keras
 
-    return ([checkpoint] if checkpoint is not None else []) + [
+    return [
         keras.callbacks.TensorBoard(os.path.join(model_dir, "logs", name)),
         keras.callbacks.CSVLogger(os.path.join(model_dir, f"{name}_log.csv")),
     ]
@@ -322,7 +319,8 @@ def check_resume(model_dir):
     """Refuses to resume the checkpoints in ``model_dir`` under other flags.
 
     Call before ``flags.json`` is rewritten. Returns True when ``model_dir``
-    holds checkpoints of a run with the same flags (it will resume).
+    holds checkpoints of a run with the same flags (it will resume; it is
+    complete when its ``metrics.json``, written last, exists too).
     """
     import glob
 
@@ -344,13 +342,16 @@ def check_resume(model_dir):
     return True
 
 
-def fit_phase(trainer, data, model_dir, phase, epochs, last_path=None, best_path=None):
+def fit_phase(trainer, data, model_dir, phase, epochs, last_path=None, best_path=None,
+              seed_offset=0):
     """Trains one phase of a program resumably (``gacd_tf.trainers.fit_resumable``).
 
     Batches come from ``data.train`` as the data flags say; checkpoints go to
     ``model_dir/checkpoints/PHASE`` (every ``--checkpoint_every_steps`` and
     after every epoch), the network to ``last_path`` / ``best_path`` after
-    each epoch, logs to ``PHASE_log.csv`` and ``logs/PHASE``.
+    each epoch, logs to ``PHASE_log.csv`` and ``logs/PHASE``. The data order
+    and augmentation come from ``--seed + seed_offset`` (give a later phase
+    its own offset, so it does not replay the first phase's batches).
 
     Returns:
         fit_resumable's dict (``resumed_from``, ``completed_before``).
@@ -363,9 +364,9 @@ def fit_phase(trainer, data, model_dir, phase, epochs, last_path=None, best_path
                                     last_path=last_path, best_path=best_path)
 
     def dataset_fn(start_epoch, start_step):
-        return make_dataset(data.train, FLAGS.batch_size, training=True, seed=FLAGS.seed,
-                            augment=FLAGS.augment, epochs=epochs, start_epoch=start_epoch,
-                            start_step=start_step)
+        return make_dataset(data.train, FLAGS.batch_size, training=True,
+                            seed=FLAGS.seed + seed_offset, augment=FLAGS.augment,
+                            epochs=epochs, start_epoch=start_epoch, start_step=start_step)
 
     info = fit_resumable(trainer, dataset_fn, epochs, data.steps_per_epoch, checkpoint,
                          callbacks=training_callbacks(model_dir, phase),

@@ -161,7 +161,10 @@ def main(argv):
     from gacd_tf.trainers.checkpoint import save_model_atomic
 
     model_dir = common.prepare_output_dir(FLAGS.model_dir)
-    common.check_resume(model_dir)
+    metrics_path = os.path.join(model_dir, "metrics.json")
+    if common.check_resume(model_dir) and os.path.isfile(metrics_path):
+        print(f"{model_dir} holds this run, complete (metrics.json); nothing to do")
+        return
     strategy = common.strategy_from_flags()
     common.setup_runtime(FLAGS.seed)
     with strategy.scope():
@@ -173,7 +176,6 @@ def main(argv):
     info, test_ds = data.info, data.test_ds
     steps_per_epoch = data.steps_per_epoch
     common.write_json(os.path.join(model_dir, "flags.json"), common.flag_values())
-    eval_attack = common.eval_attack_from_flags()
 
     teacher_digest = weights_digest(teacher)
     with strategy.scope():
@@ -200,8 +202,8 @@ def main(argv):
         else:
             save_model_atomic(student, os.path.join(model_dir, "distilled.keras"))
             logging.info("evaluating the distilled student before AFT")
-            result["before_aft"] = evaluate_robustness(student, test_ds, eval_attack,
-                                                       verbose=FLAGS.verbose)
+            result["before_aft"] = evaluate_robustness(
+                student, test_ds, common.eval_attack_from_flags(), verbose=FLAGS.verbose)
             os.makedirs(os.path.dirname(before_path), exist_ok=True)
             common.write_json(before_path, result["before_aft"])
         with strategy.scope():
@@ -212,16 +214,19 @@ def main(argv):
                 learning_rate=FLAGS.aft_learning_rate, lr_schedule="constant"))
         start = time.time()
         resumed["aft"] = common.fit_phase(aft, data, model_dir, "aft", FLAGS.aft_epochs,
-                                          model_path)["resumed_from"]
+                                          model_path, seed_offset=1)["resumed_from"]
         seconds["aft"] = round(time.time() - start, 1)
 
     logging.info("evaluating %s on %d test examples", model_path, len(data.test.labels))
-    result.update(evaluate_robustness(student, test_ds, eval_attack, verbose=FLAGS.verbose))
+    # A fresh attack (same seed) per evaluation: a run resumed after the
+    # before-AFT evaluation reports exactly what an uninterrupted one does.
+    result.update(evaluate_robustness(student, test_ds, common.eval_attack_from_flags(),
+                                      verbose=FLAGS.verbose))
     result.update(method=FLAGS.method, settings=settings, arch=FLAGS.arch, teacher=FLAGS.teacher,
                   dataset=info.name, split="test", model="model.keras",
                   aft_epochs=FLAGS.aft_epochs, train_seconds=seconds, resumed_from=resumed,
                   teacher_unchanged=teacher_unchanged)
-    common.write_json(os.path.join(model_dir, "metrics.json"), result)
+    common.write_json(metrics_path, result)
     common.print_result(result, prefix=f"{FLAGS.method}{'+aft' if FLAGS.aft_epochs else ''}: ")
 
 

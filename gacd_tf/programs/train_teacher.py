@@ -53,7 +53,10 @@ def main(argv):
     from gacd_tf.trainers import AdversarialTrainer
 
     model_dir = common.prepare_output_dir(FLAGS.model_dir)
-    common.check_resume(model_dir)
+    metrics_path = os.path.join(model_dir, "metrics.json")
+    if common.check_resume(model_dir) and os.path.isfile(metrics_path):
+        print(f"{model_dir} holds this run, complete (metrics.json); nothing to do")
+        return
     strategy = common.strategy_from_flags()
     common.setup_runtime(FLAGS.seed)
     common.write_json(os.path.join(model_dir, "flags.json"), common.flag_values())
@@ -79,7 +82,7 @@ def main(argv):
     result.update(dataset=data.info.name, split="test", arch=FLAGS.arch, model="model.keras",
                   train_seconds=round(train_seconds, 1), resumed_from=resume["resumed_from"],
                   train_attack=attack.get_config(), trades_beta=FLAGS.trades_beta)
-    common.write_json(os.path.join(model_dir, "metrics.json"), result)
+    common.write_json(metrics_path, result)
     common.print_result(result)
 
 

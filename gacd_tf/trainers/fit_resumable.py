@@ -11,6 +11,11 @@ from gacd_tf.trainers.training_checkpoint import TrainingCheckpoint, find_seed_g
 
 def _restore(trainer, checkpoint, state):
     path = os.path.join(checkpoint.directory, state["weights"])
+    if state["steps_per_epoch"] != checkpoint.steps_per_epoch:
+        raise TrainingError(
+            f"checkpoint {path} was written with {state['steps_per_epoch']} steps per epoch, "
+            f"this run has {checkpoint.steps_per_epoch} (other data or batch size); resume "
+            "with the data and flags that started the run, or use a new --model_dir")
     try:
         trainer.load_weights(path)
     except Exception as err:  # h5py / Keras raise many types for a mismatched file

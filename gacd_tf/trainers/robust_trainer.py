@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from gacd_tf.attacks import PGD
-from gacd_tf.distribute import num_replicas
+from gacd_tf.distribute import all_gather, num_replicas
 from gacd_tf.trainers.common import MeanTrackers, l2_penalty, per_example_ce, unpack_batch
 
 
@@ -66,8 +66,10 @@ class RobustTrainer(keras.Model):
         # A non-finite gradient can leave the loss finite (ReLU maps NaN to 0
         # on oneDNN) while it poisons the weights: report() then logs the
         # step's loss as NaN, so the checkpoint callback stops the run.
+        # Combined over replicas, so every replica reports the same verdict.
         checks = [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
-        self._update_finite = tf.reduce_all(tf.stack(checks + [tf.math.is_finite(total)]))
+        finite = tf.reduce_all(tf.stack(checks + [tf.math.is_finite(total)]))
+        self._update_finite = tf.reduce_all(all_gather(tf.reshape(finite, [1])))
         self.optimizer.apply(grads, weights)
 
     def report(self, **values):

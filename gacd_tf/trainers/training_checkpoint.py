@@ -4,13 +4,12 @@ import glob
 import json
 import math
 import os
-import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from gacd_tf.trainers.checkpoint import save_model_atomic
+from gacd_tf.trainers.checkpoint import atomic_write, save_model_atomic, write_json_atomic
 
 STATE_FILE = "state.json"
 SEED_GENERATOR = keras.random.SeedGenerator
@@ -128,6 +127,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self._epoch = 0
         self._saved_step = None
         os.makedirs(directory, exist_ok=True)
+        for leftover in glob.glob(os.path.join(directory, ".tmp-*")):  # from a killed write
+            os.remove(leftover)
 
     # -- state -----------------------------------------------------------------
     def _step(self):
@@ -144,9 +145,13 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.completed_epochs = state["epoch"]
         self._saved_step = state["global_step"]
 
-    def save(self, epoch, step_in_epoch, completed=False):
-        """Commits one checkpoint at ``(epoch, step_in_epoch)`` steps done."""
-        if not all_finite(self.model.weights):
+    def save(self, epoch, step_in_epoch, completed=False, checked=False):
+        """Commits one checkpoint at ``(epoch, step_in_epoch)`` steps done.
+
+        Returns False (and records a failure) instead when a weight is NaN or
+        Inf; ``checked=True`` skips that scan when the caller just did it.
+        """
+        if not checked and not all_finite(self.model.weights):
             self._fail("non-finite weights", epoch, step_in_epoch)
             return False
         global_step = self._step()
@@ -155,21 +160,15 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         name = f"ckpt-{global_step:09d}.weights.h5"
         path = os.path.join(self.directory, name)
         if global_step != self._saved_step or not os.path.isfile(path):
-            tmp = os.path.join(self.directory, ".tmp-" + name)
-            self.model.save_weights(tmp)
-            os.replace(tmp, path)
-        state = {
+            atomic_write(self.model.save_weights, path)
+        write_json_atomic(os.path.join(self.directory, STATE_FILE), {
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
             "steps_per_epoch": self.steps_per_epoch, "weights": name, "completed": completed,
             "best": None if math.isinf(self.best) else self.best, "best_epoch": self.best_epoch,
             "monitor": self.monitor,
             "seed_generators": {path_: np.asarray(g.state.numpy()).tolist()
                                 for path_, g in find_seed_generators(self.model).items()},
-        }
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(state, f, indent=2)
-        os.replace(tmp, os.path.join(self.directory, STATE_FILE))
+        })  # the commit point: older weight files may go now
         for old in glob.glob(os.path.join(self.directory, "ckpt-*.weights.h5")):
             if os.path.basename(old) != name:
                 os.remove(old)
@@ -215,4 +214,4 @@ class TrainingCheckpoint(keras.callbacks.Callback):
                 if self.best_path:
                     save_model_atomic(network, self.best_path)
         self.completed_epochs = epoch + 1
-        self.save(epoch, self.steps_per_epoch)
+        self.save(epoch, self.steps_per_epoch, checked=True)
