@@ -69,7 +69,9 @@ class RobustTrainer(keras.Model):
         # Combined over replicas, so every replica reports the same verdict.
         checks = [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
         finite = tf.reduce_all(tf.stack(checks + [tf.math.is_finite(total)]))
-        self._update_finite = tf.reduce_all(all_gather(tf.reshape(finite, [1])))
+        # (As int32: collective all-gathers take no booleans.)
+        finite = all_gather(tf.reshape(tf.cast(finite, tf.int32), [1]))
+        self._update_finite = tf.equal(tf.reduce_min(finite), 1)
         self.optimizer.apply(grads, weights)
 
     def report(self, **values):
