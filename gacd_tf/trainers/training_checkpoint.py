@@ -123,7 +123,6 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.best = -math.inf if mode == "max" else math.inf
         self.best_epoch = None
         self.failure = None
-        self.completed_epochs = 0
         self._epoch = 0
         self._saved_step = None
         os.makedirs(directory, exist_ok=True)
@@ -142,7 +141,6 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         """Takes the best-so-far bookkeeping from a loaded ``state``."""
         if state.get("best") is not None:
             self.best, self.best_epoch = state["best"], state.get("best_epoch")
-        self.completed_epochs = state["epoch"]
         self._saved_step = state["global_step"]
 
     def save(self, epoch, step_in_epoch, completed=False, checked=False):
@@ -175,9 +173,9 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self._saved_step = global_step
         return True
 
-    def _fail(self, what, epoch, step_in_epoch, value=None):
+    def _fail(self, what, epoch, step_in_epoch):
         self.failure = {"what": what, "epoch": epoch, "step_in_epoch": step_in_epoch,
-                        "global_step": self._step(), "value": value}
+                        "global_step": self._step()}
         self.model.stop_training = True
 
     # -- callback hooks ----------------------------------------------------------
@@ -190,7 +188,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         step_in_epoch = self._step() - self._epoch * self.steps_per_epoch
         if loss is not None and not math.isfinite(float(loss)):
-            self._fail(f"loss {float(loss)}", self._epoch, step_in_epoch, float(loss))
+            self._fail(f"loss {float(loss)}", self._epoch, step_in_epoch)
             return
         if (self.every_steps and self._step() % self.every_steps == 0
                 and step_in_epoch < self.steps_per_epoch):
@@ -213,5 +211,4 @@ class TrainingCheckpoint(keras.callbacks.Callback):
                 self.best, self.best_epoch = value, epoch + 1
                 if self.best_path:
                     save_model_atomic(network, self.best_path)
-        self.completed_epochs = epoch + 1
         self.save(epoch, self.steps_per_epoch, checked=True)
