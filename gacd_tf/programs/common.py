@@ -342,6 +342,23 @@ def check_resume(model_dir):
     return True
 
 
+def start_training_run():
+    """The start of a training program: output folder, resume check, strategy, seeds.
+
+    Returns ``(model_dir, metrics_path, strategy)``, or None when
+    ``--model_dir`` already holds this run complete (its ``metrics.json``,
+    written last, exists), after saying so.
+    """
+    model_dir = prepare_output_dir(FLAGS.model_dir)
+    metrics_path = os.path.join(model_dir, "metrics.json")
+    if check_resume(model_dir) and os.path.isfile(metrics_path):
+        print(f"{model_dir} holds this run, complete (metrics.json); nothing to do")
+        return None
+    strategy = strategy_from_flags()
+    setup_runtime(FLAGS.seed)
+    return model_dir, metrics_path, strategy
+
+
 def fit_phase(trainer, data, model_dir, phase, epochs, last_path=None, best_path=None,
               seed_offset=0):
     """Trains one phase of a program resumably (``gacd_tf.trainers.fit_resumable``).

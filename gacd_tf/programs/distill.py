@@ -160,13 +160,10 @@ def main(argv):
     from gacd_tf.trainers import AdversarialTrainer
     from gacd_tf.trainers.checkpoint import save_model_atomic
 
-    model_dir = common.prepare_output_dir(FLAGS.model_dir)
-    metrics_path = os.path.join(model_dir, "metrics.json")
-    if common.check_resume(model_dir) and os.path.isfile(metrics_path):
-        print(f"{model_dir} holds this run, complete (metrics.json); nothing to do")
+    run = common.start_training_run()
+    if run is None:
         return
-    strategy = common.strategy_from_flags()
-    common.setup_runtime(FLAGS.seed)
+    model_dir, metrics_path, strategy = run
     with strategy.scope():
         teacher = common.load_model_from_flags(FLAGS.teacher, "--teacher")
     # Refuse a teacher that does not fit the dataset before reading any data.

@@ -52,13 +52,10 @@ def main(argv):
     from gacd_tf.evaluation import evaluate_robustness
     from gacd_tf.trainers import AdversarialTrainer
 
-    model_dir = common.prepare_output_dir(FLAGS.model_dir)
-    metrics_path = os.path.join(model_dir, "metrics.json")
-    if common.check_resume(model_dir) and os.path.isfile(metrics_path):
-        print(f"{model_dir} holds this run, complete (metrics.json); nothing to do")
+    run = common.start_training_run()
+    if run is None:
         return
-    strategy = common.strategy_from_flags()
-    common.setup_runtime(FLAGS.seed)
+    model_dir, metrics_path, strategy = run
     common.write_json(os.path.join(model_dir, "flags.json"), common.flag_values())
 
     data = common.load_data_from_flags()
