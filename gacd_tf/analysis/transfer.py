@@ -1,23 +1,15 @@
 """Transfer by linear evaluation (paper Table 4): frozen backbone, new linear head."""
 
-import hashlib
 import json
 import os
 
 from gacd_tf.analysis import plots
 from gacd_tf.analysis.tables import csv_text, markdown_table, write_text
+from gacd_tf.models.io import weights_digest
 
 TRANSFER_COLUMNS = ["model", "natural_accuracy", "robust_accuracy", "train_accuracy",
                     "num_examples", "train_examples", "feature_dim", "backbone_unchanged",
                     "source"]
-
-
-def weights_digest(model):
-    """SHA-256 of all of a model's weights (trainable and not, e.g. batch-norm statistics)."""
-    digest = hashlib.sha256()
-    for weight in model.weights:
-        digest.update(weight.numpy().tobytes())
-    return digest.hexdigest()
 
 
 def linear_transfer(backbone, train, test, epochs, optimizer=None, batch_size=128, attack=None,

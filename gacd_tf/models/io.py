@@ -1,5 +1,6 @@
 """Loading user models safely, and checking that a model fits a dataset."""
 
+import hashlib
 import os
 import zipfile
 
@@ -89,3 +90,15 @@ def check_model_fits(model, info, role="model", source=None):
             f"{role}{where} has {out_classes} classes but {info.name} has {info.num_classes}; "
             f"use a {role} trained on {info.name}"
         )
+
+
+def weights_digest(model):
+    """SHA-256 of all of a model's weights (trainable and not, e.g. batch-norm statistics).
+
+    Equal before and after a run proves a frozen model (teacher, probed
+    backbone) stayed frozen.
+    """
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(weight.numpy().tobytes())
+    return digest.hexdigest()

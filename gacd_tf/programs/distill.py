@@ -19,7 +19,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import hashlib  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
@@ -144,19 +143,11 @@ def _gacd(student, teacher, train):
     return trainer, settings
 
 
-def weights_digest(model):
-    """SHA-256 of all of a model's weights (to prove the teacher stayed frozen)."""
-    digest = hashlib.sha256()
-    for weight in model.weights:
-        digest.update(weight.numpy().tobytes())
-    return digest.hexdigest()
-
-
 def main(argv):
     del argv
     from gacd_tf.data import get_dataset_info
     from gacd_tf.evaluation import evaluate_robustness
-    from gacd_tf.models.io import check_model_fits
+    from gacd_tf.models.io import check_model_fits, weights_digest
     from gacd_tf.trainers import AdversarialTrainer
     from gacd_tf.trainers.checkpoint import save_model_atomic
 
