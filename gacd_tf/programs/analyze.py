@@ -30,7 +30,7 @@ import types  # noqa: E402
 from absl import logging  # noqa: E402
 
 from gacd_tf.errors import ConfigError  # noqa: E402
-from gacd_tf.programs import common  # noqa: E402
+from gacd_tf.programs import attack_flags, common  # noqa: E402
 from gacd_tf.programs.common import FLAGS  # noqa: E402
 from gacd_tf.registry import Registry  # noqa: E402
 
@@ -44,7 +44,7 @@ PROBE_FLAGS = ("dataset", "train_examples", "batch_size", "seed", "epochs", "lea
 
 def define_flags():
     common.define_data_flags(train=True)
-    common.define_attack_flags()
+    attack_flags.define_attack_flags()
     common.define_optimizer_flags(epochs=10, learning_rate=0.1)
     common.define_checkpoint_flags()
     common.define_load_flags()
@@ -245,7 +245,7 @@ def _correlation_command():
     test = _test_split()
     teacher = _load_models([teacher_path], test.info, "--teacher")
     students = _load_models(paths, test.info)
-    attack = common.eval_attack_from_flags()
+    attack = attack_flags.eval_attack_from_flags()
     summary, _ = correlation_maps(
         next(iter(teacher.values())), students,
         make_dataset(test, FLAGS.batch_size, training=False), attack, FLAGS.output_dir,
@@ -390,7 +390,7 @@ def _report_correlation(students, models, loaded, test, dataset, report):
     from gacd_tf.data import make_dataset
     from gacd_tf.data.datasets import class_names
 
-    attack = common.eval_attack_from_flags()
+    attack = attack_flags.eval_attack_from_flags()
     test_ds = make_dataset(test, FLAGS.batch_size, training=False)
     cache, section = {}, {}
     for run in students:

@@ -17,7 +17,6 @@ from absl import app, flags, logging
 from gacd_tf.errors import ConfigError, GacdError
 
 FLAGS = flags.FLAGS
-DATASETS = ["cifar10", "cifar100", "stl10"]
 _DEFINED = []  # names of the flags this package defines, in definition order
 
 
@@ -48,7 +47,9 @@ DEFINE_list = _track(flags.DEFINE_list)
 
 
 def define_data_flags(train=True):
-    DEFINE_enum("dataset", "cifar10", DATASETS, "Dataset name.")
+    from gacd_tf.data.datasets import DATASETS
+
+    DEFINE_enum("dataset", "cifar10", DATASETS.names(), "Dataset name.")
     DEFINE_string(
         "data_dir", os.environ.get("GACD_DATA_DIR") or None,
         "Folder with the dataset's official binary files (offline). Unset: "
@@ -91,44 +92,6 @@ def strategy_from_flags():
             f"--strategy={FLAGS.strategy}; use a multiple of {replicas}")
     logging.info("strategy %s with %d replica(s)", FLAGS.strategy, replicas)
     return strategy
-
-
-def define_attack_flags():
-    """The evaluation threat model (SPEC: PGD-20, eps 8/255, step 2/255, l_inf)."""
-    DEFINE_enum("attack", "pgd", ["pgd", "fgsm"], "Evaluation attack.")
-    DEFINE_integer("attack_steps", 20, "Evaluation PGD steps.", lower_bound=0)
-    DEFINE_float("eps", 8 / 255, "Attack radius in [0,1] pixel units.", lower_bound=0.0)
-    DEFINE_float("step_size", 2 / 255, "PGD step size.", lower_bound=0.0)
-    DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat-model norm.")
-    flags.register_validator(
-        "step_size", lambda v: v > 0, message="--step_size must be > 0")
-    check_one_step_fits("step_size", "attack_steps", attack_flag="attack")
-
-
-def check_one_step_fits(step_flag, steps_flag, default_flag=None, attack_flag=None):
-    """Refuses a one-step PGD whose step is larger than ``--eps`` (it would be clipped).
-
-    ``--step_flag`` (or ``--default_flag`` while it is unset) is the step size
-    and ``--steps_flag`` the number of steps; with ``attack_flag``, only
-    ``--attack_flag=pgd`` is checked (FGSM has no step size).
-    """
-    names = ["eps", step_flag, steps_flag] + [n for n in (default_flag, attack_flag) if n]
-
-    def check(values):
-        step = values[step_flag]
-        if step is None and default_flag:
-            step = values[default_flag]
-        if (attack_flag and values[attack_flag] != "pgd") or values[steps_flag] != 1 \
-                or step is None or step <= values["eps"]:
-            return True
-        source = f"--{step_flag}" if values[step_flag] is not None else \
-            f"--{step_flag} (unset, so --{default_flag})"
-        raise flags.ValidationError(
-            f"{source}={step:g} is larger than --eps={values['eps']:g} with "
-            f"--{steps_flag}=1: the single step would be clipped to eps; use a step size "
-            f"<= --eps, or more --{steps_flag}")
-
-    flags.register_multi_flags_validator(names, check)
 
 
 def register_arch_validator():
@@ -201,15 +164,6 @@ def optimizer_from_flags(steps_per_epoch, epochs=None, learning_rate=None, lr_sc
             values = [lr * FLAGS.lr_decay_factor**i for i in range(len(boundaries) + 1)]
             schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
     return keras.optimizers.SGD(schedule, momentum=FLAGS.momentum)
-
-
-def eval_attack_from_flags():
-    from gacd_tf.attacks import build_attack
-
-    kwargs = dict(eps=FLAGS.eps, norm=FLAGS.norm, seed=FLAGS.seed)
-    if FLAGS.attack == "pgd":
-        kwargs.update(step_size=FLAGS.step_size, steps=FLAGS.attack_steps)
-    return build_attack(FLAGS.attack, **kwargs)
 
 
 def flag_values():

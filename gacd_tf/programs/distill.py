@@ -24,7 +24,7 @@ import time  # noqa: E402
 
 from absl import flags, logging  # noqa: E402
 
-from gacd_tf.programs import common  # noqa: E402
+from gacd_tf.programs import attack_flags, common  # noqa: E402
 from gacd_tf.programs.common import FLAGS  # noqa: E402
 from gacd_tf.registry import Registry  # noqa: E402
 
@@ -33,7 +33,7 @@ METHODS = Registry("distillation method")
 
 def define_flags():
     common.define_data_flags(train=True)
-    common.define_attack_flags()
+    attack_flags.define_attack_flags()
     common.define_optimizer_flags(epochs=100, learning_rate=0.1)
     common.define_distribute_flags()
     common.DEFINE_enum("method", "gacd", METHODS.names(), "Distillation method.")
@@ -85,8 +85,8 @@ def define_flags():
     common.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
     common.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
     common.define_checkpoint_flags()
-    common.check_one_step_fits("train_step_size", "train_attack_steps", "step_size")
-    common.check_one_step_fits("ot_step_size", "ot_steps", "eps")
+    attack_flags.check_one_step_fits("train_step_size", "train_attack_steps", "step_size")
+    attack_flags.check_one_step_fits("ot_step_size", "ot_steps", "eps")
     flags.mark_flags_as_required(["teacher", "model_dir"])
 
 
@@ -191,7 +191,7 @@ def main(argv):
             save_model_atomic(student, os.path.join(model_dir, "distilled.keras"))
             logging.info("evaluating the distilled student before AFT")
             result["before_aft"] = evaluate_robustness(
-                student, test_ds, common.eval_attack_from_flags(), verbose=FLAGS.verbose)
+                student, test_ds, attack_flags.eval_attack_from_flags(), verbose=FLAGS.verbose)
             os.makedirs(os.path.dirname(before_path), exist_ok=True)
             common.write_json(before_path, result["before_aft"])
         with strategy.scope():
@@ -208,7 +208,7 @@ def main(argv):
     logging.info("evaluating %s on %d test examples", model_path, len(data.test.labels))
     # A fresh attack (same seed) per evaluation: a run resumed after the
     # before-AFT evaluation reports exactly what an uninterrupted one does.
-    result.update(evaluate_robustness(student, test_ds, common.eval_attack_from_flags(),
+    result.update(evaluate_robustness(student, test_ds, attack_flags.eval_attack_from_flags(),
                                       verbose=FLAGS.verbose))
     result.update(method=FLAGS.method, settings=settings, arch=FLAGS.arch, teacher=FLAGS.teacher,
                   dataset=info.name, split="test", model="model.keras",

@@ -12,13 +12,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from gacd_tf.programs import common  # noqa: E402
+from gacd_tf.programs import attack_flags, common  # noqa: E402
 from gacd_tf.programs.common import FLAGS  # noqa: E402
 
 
 def define_flags():
     common.define_data_flags(train=False)
-    common.define_attack_flags()
+    attack_flags.define_attack_flags()
     common.DEFINE_string("model", None, "A .keras model file, or a SavedModel gacd-export "
                           "wrote: a version folder BASE/NAME/N, or BASE/NAME for its "
                           "highest version.")
@@ -42,7 +42,7 @@ def main(argv):
         common.prepare_output_dir(os.path.dirname(os.path.abspath(FLAGS.output)),
                                   "the folder of --output")
     result = evaluate_robustness(model, make_dataset(test, FLAGS.batch_size, training=False),
-                                 common.eval_attack_from_flags(), verbose=FLAGS.verbose)
+                                 attack_flags.eval_attack_from_flags(), verbose=FLAGS.verbose)
     result.update(dataset=test.info.name, split="test", model=FLAGS.model)
     common.print_result(result)
     if FLAGS.output:

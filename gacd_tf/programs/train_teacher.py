@@ -19,13 +19,13 @@ import time  # noqa: E402
 
 from absl import flags, logging  # noqa: E402
 
-from gacd_tf.programs import common  # noqa: E402
+from gacd_tf.programs import attack_flags, common  # noqa: E402
 from gacd_tf.programs.common import FLAGS  # noqa: E402
 
 
 def define_flags():
     common.define_data_flags(train=True)
-    common.define_attack_flags()
+    attack_flags.define_attack_flags()
     common.define_distribute_flags()
     common.DEFINE_string("model_dir", None, "Output folder (created if needed).")
     common.DEFINE_string("arch", "resnet20", "Architecture name from the model zoo.")
@@ -42,7 +42,7 @@ def define_flags():
     common.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
     common.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
     common.define_checkpoint_flags()
-    common.check_one_step_fits("train_step_size", "train_attack_steps", "step_size")
+    attack_flags.check_one_step_fits("train_step_size", "train_attack_steps", "step_size")
     flags.mark_flag_as_required("model_dir")
 
 
@@ -74,7 +74,7 @@ def main(argv):
     train_seconds = time.time() - start
 
     logging.info("evaluating %s on %d test examples", model_path, len(data.test.labels))
-    result = evaluate_robustness(model, data.test_ds, common.eval_attack_from_flags(),
+    result = evaluate_robustness(model, data.test_ds, attack_flags.eval_attack_from_flags(),
                                  verbose=FLAGS.verbose)
     result.update(dataset=data.info.name, split="test", arch=FLAGS.arch, model="model.keras",
                   train_seconds=round(train_seconds, 1), resumed_from=resume["resumed_from"],
