@@ -1,4 +1,5 @@
-"""gacd-distill: distil a robust teacher into a student (KD, ARD or GACD), then
+"""gacd-distill: distil a robust teacher into a student (any method of the
+``gacd_tf.trainers.METHODS`` registry: KD, ARD, GACD, ...), then
 optionally adversarially fine-tune it (AFT).
 
 Writes into --model_dir: flags.json, model.keras (the final student),
@@ -24,11 +25,8 @@ import time  # noqa: E402
 
 from absl import flags, logging  # noqa: E402
 
-from gacd_tf.programs import attack_flags, common  # noqa: E402
+from gacd_tf.programs import attack_flags, common, method_flags  # noqa: E402
 from gacd_tf.programs.common import FLAGS  # noqa: E402
-from gacd_tf.registry import Registry  # noqa: E402
-
-METHODS = Registry("distillation method")
 
 
 def define_flags():
@@ -36,45 +34,16 @@ def define_flags():
     attack_flags.define_attack_flags()
     common.define_optimizer_flags(epochs=100, learning_rate=0.1)
     common.define_distribute_flags()
-    common.DEFINE_enum("method", "gacd", METHODS.names(), "Distillation method.")
     common.DEFINE_string("teacher", None, "The robust teacher, a .keras file.")
     common.define_load_flags()
     common.DEFINE_string("arch", "resnet20", "Student architecture from the model zoo.")
     common.register_arch_validator()
     common.DEFINE_string("model_dir", None, "Output folder (created if needed).")
-    common.DEFINE_bool("reweight", None, "Weight each sample by the teacher's probability of "
-                       "its true class (default: on for gacd, off for ard).")
-    # KD
-    common.DEFINE_float("kd_alpha", 0.9, "KD: weight a of the KL term.", lower_bound=0.0,
-                        upper_bound=1.0)
-    common.DEFINE_float("kd_temperature", 4.0, "KD: temperature.", positive=True)
-    # ARD
-    common.DEFINE_float("ard_alpha", 1.0, "ARD: weight a of the KL term.", lower_bound=0.0,
-                        upper_bound=1.0)
-    common.DEFINE_float("ard_temperature", 30.0, "ARD: temperature.", positive=True)
-    common.DEFINE_enum("kl_reduction", "official", ["official", "batchmean"],
-                       "ARD KL reduction: 'official' = mean over batch and classes (the "
-                       "official code, (T^2/C) KL); 'batchmean' = textbook (C times stronger).")
     common.DEFINE_integer("train_attack_steps", 10, "ARD/AFT: PGD steps of the student "
                           "attack.", lower_bound=1)
     common.DEFINE_float("train_step_size", None, "ARD/AFT: PGD step size (default "
                         "--step_size).", lower_bound=0.0)
-    # GACD
-    common.DEFINE_integer("nce_k", 16384, "GACD: negatives per sample.", lower_bound=1)
-    common.DEFINE_float("nce_t", 0.1, "GACD: NCE temperature.", positive=True)
-    common.DEFINE_float("nce_momentum", 0.5, "GACD: memory-bank momentum.", lower_bound=0.0,
-                        upper_bound=0.999)
-    common.DEFINE_integer("embed_dim", 128, "GACD: embedding dimension.", lower_bound=1)
-    common.DEFINE_float("w_nce", 0.8, "GACD: weight of the NCE loss.", lower_bound=0.0)
-    common.DEFINE_float("w_ce", 1.0, "GACD: weight of the CE loss on x+.", lower_bound=0.0)
-    common.DEFINE_enum("teacher_input", "adversarial", ["adversarial", "natural"],
-                       "GACD: the teacher sees x+ (Algorithm 1) or the natural x.")
-    common.DEFINE_bool("symmetric", False, "GACD: add CRD's student-anchored NCE term.")
-    common.DEFINE_enum("ot_representation", "features", ["features", "logits"],
-                       "GACD: representation of the OT attack (Feature Scattering: logits).")
-    common.DEFINE_integer("ot_steps", 1, "GACD: steps of the OT attack.", lower_bound=1)
-    common.DEFINE_float("ot_step_size", None, "GACD: OT attack step size (default --eps).",
-                        lower_bound=0.0)
+    method_flags.define_method_flags()
     # AFT
     common.DEFINE_integer("aft_epochs", 0, "Adversarial fine-tuning epochs after "
                           "distillation (PGD-AT of the whole student).", lower_bound=0)
@@ -86,7 +55,6 @@ def define_flags():
     common.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
     common.define_checkpoint_flags()
     attack_flags.check_one_step_fits("train_step_size", "train_attack_steps", "step_size")
-    attack_flags.check_one_step_fits("ot_step_size", "ot_steps", "eps")
     flags.mark_flags_as_required(["teacher", "model_dir"])
 
 
@@ -95,52 +63,6 @@ def train_attack():
 
     return PGD(eps=FLAGS.eps, step_size=FLAGS.train_step_size or FLAGS.step_size,
                steps=FLAGS.train_attack_steps, norm=FLAGS.norm, seed=FLAGS.seed)
-
-
-@METHODS.register("kd")
-def _kd(student, teacher, train):
-    from gacd_tf.trainers import KDDistiller
-
-    return KDDistiller(student, teacher, alpha=FLAGS.kd_alpha, temperature=FLAGS.kd_temperature,
-                       weight_decay=FLAGS.weight_decay, eval_attack=train_attack()), {
-        "kd_alpha": FLAGS.kd_alpha, "kd_temperature": FLAGS.kd_temperature}
-
-
-@METHODS.register("ard")
-def _ard(student, teacher, train):
-    from gacd_tf.trainers import ARDDistiller
-
-    reweight = bool(FLAGS.reweight)
-    attack = train_attack()
-    settings = {"ard_alpha": FLAGS.ard_alpha, "ard_temperature": FLAGS.ard_temperature,
-                "kl_reduction": FLAGS.kl_reduction, "reweight": reweight,
-                "attack": attack.get_config()}
-    return ARDDistiller(student, teacher, attack=attack, alpha=FLAGS.ard_alpha,
-                        temperature=FLAGS.ard_temperature, kl_reduction=FLAGS.kl_reduction,
-                        reweight=reweight, weight_decay=FLAGS.weight_decay,
-                        eval_attack=train_attack()), settings
-
-
-@METHODS.register("gacd")
-def _gacd(student, teacher, train):
-    from gacd_tf.attacks import PGD, OptimalTransport
-    from gacd_tf.trainers import GACDDistiller
-
-    reweight = True if FLAGS.reweight is None else FLAGS.reweight
-    attack = PGD(eps=FLAGS.eps, step_size=FLAGS.ot_step_size or FLAGS.eps, steps=FLAGS.ot_steps,
-                 norm=FLAGS.norm, objective=OptimalTransport(FLAGS.ot_representation),
-                 seed=FLAGS.seed)
-    settings = {name: FLAGS[name].value for name in (
-        "nce_k", "nce_t", "nce_momentum", "embed_dim", "w_nce", "w_ce", "teacher_input",
-        "symmetric", "ot_representation")}
-    settings.update(reweight=reweight, attack=attack.get_config())
-    trainer = GACDDistiller(
-        student, teacher, train.labels, embed_dim=FLAGS.embed_dim, nce_k=FLAGS.nce_k,
-        nce_t=FLAGS.nce_t, nce_momentum=FLAGS.nce_momentum, w_nce=FLAGS.w_nce, w_ce=FLAGS.w_ce,
-        attack=attack, teacher_input=FLAGS.teacher_input, reweight=reweight,
-        symmetric=FLAGS.symmetric, seed=FLAGS.seed, weight_decay=FLAGS.weight_decay,
-        eval_attack=train_attack())
-    return trainer, settings
 
 
 def main(argv):
@@ -168,7 +90,8 @@ def main(argv):
     teacher_digest = weights_digest(teacher)
     with strategy.scope():
         student = common.build_model_from_flags(info)
-        trainer, settings = METHODS.get(FLAGS.method)(student, teacher, data.train)
+        trainer, settings = method_flags.method_from_flags(student, teacher,
+                                                           data.train.labels)
         trainer.compile(optimizer=common.optimizer_from_flags(steps_per_epoch))
     model_path = os.path.join(model_dir, "model.keras")
     start = time.time()

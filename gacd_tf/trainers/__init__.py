@@ -1,7 +1,9 @@
 """Trainers: one ``keras.Model`` per method, each with its own ``train_step``.
 
-``AdversarialTrainer`` (teachers, AFT), ``KDDistiller``, ``ARDDistiller`` and
-``GACDDistiller``; all are driven by ``compile``/``fit``.
+``AdversarialTrainer`` (teachers, AFT) and the distillation methods of the
+:data:`METHODS` registry (``KDDistiller``, ``ARDDistiller``, ``GACDDistiller``,
+...); all are driven by ``compile``/``fit``. ``build_method(name, ...)`` picks a
+method by name.
 """
 
 from gacd_tf.trainers.adversarial_trainer import AdversarialTrainer
@@ -13,11 +15,13 @@ from gacd_tf.trainers.gacd_distiller import GACDDistiller
 from gacd_tf.trainers.kd_distiller import KDDistiller
 from gacd_tf.trainers.linear_probe import LinearProbe
 from gacd_tf.trainers.memory_bank import MemoryBank
+from gacd_tf.trainers.methods import METHODS, MethodContext, build_method
 from gacd_tf.trainers.robust_trainer import RobustTrainer, accuracy
 from gacd_tf.trainers.training_checkpoint import TrainingCheckpoint
 
 __all__ = [
     "AdversarialTrainer", "ARDDistiller", "Distiller", "GACDDistiller", "KDDistiller",
     "MemoryBank", "RobustTrainer", "accuracy", "check_teacher_fits_student", "l2_penalty",
-    "unpack_batch", "LinearProbe", "TrainingCheckpoint", "fit_resumable",
+    "unpack_batch", "LinearProbe", "TrainingCheckpoint", "fit_resumable", "METHODS",
+    "MethodContext", "build_method",
 ]

@@ -4,11 +4,14 @@ import tensorflow as tf
 
 from gacd_tf.attacks import PGD
 from gacd_tf.losses import ard_loss
+from gacd_tf.settings import Setting
 from gacd_tf.trainers.common import unpack_batch
 from gacd_tf.trainers.distiller import Distiller
+from gacd_tf.trainers.methods import METHODS
 from gacd_tf.trainers.robust_trainer import accuracy
 
 
+@METHODS.register("ard")
 class ARDDistiller(Distiller):
     """``L = a T^2 KL(z_T(x) || z_S(x_adv)) + (1 - a) CE(z_S(x), y)``.
 
@@ -35,6 +38,21 @@ class ARDDistiller(Distiller):
         Goldblum, Fowl, Feizi, Goldstein, "Adversarially Robust Distillation",
         AAAI 2020 (code: goldblum/AdversariallyRobustDistillation).
     """
+
+    SETTINGS = (
+        Setting("ard_alpha", 1.0, "ARD: weight a of the KL term.", arg="alpha", lower=0.0,
+                upper=1.0),
+        Setting("ard_temperature", 30.0, "ARD: temperature.", arg="temperature",
+                positive=True),
+        Setting("kl_reduction", "official", "ARD KL reduction: 'official' = mean over batch "
+                "and classes (the official code, (T^2/C) KL); 'batchmean' = textbook (C times "
+                "stronger).", arg="kl_reduction", kind="enum", choices=("official", "batchmean")),
+    )
+    REWEIGHT = False
+
+    @classmethod
+    def build_attack(cls, settings, context):
+        return context.attack()
 
     def __init__(self, student, teacher, attack=None, alpha=1.0, temperature=30.0,
                  kl_reduction="official", reweight=False, **kwargs):

@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 from gacd_tf.errors import ModelError
+from gacd_tf.trainers.methods import MethodDeclaration
 from gacd_tf.trainers.robust_trainer import RobustTrainer
 
 
@@ -18,7 +19,7 @@ def check_teacher_fits_student(student, teacher):
                          f"{student.name} has {s_out}; use a teacher trained on the same dataset")
 
 
-class Distiller(RobustTrainer):
+class Distiller(MethodDeclaration, RobustTrainer):
     """A :class:`RobustTrainer` whose network is a student taught by a frozen teacher.
 
     The teacher is set ``trainable = False``, always called with

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from gacd_tf.errors import TrainingError
-from gacd_tf.trainers.training_checkpoint import TrainingCheckpoint, find_seed_generators, read_state
+from gacd_tf.trainers.training_checkpoint import find_seed_generators, read_state
 
 
 def _restore(trainer, checkpoint, state):

@@ -9,14 +9,17 @@ from gacd_tf.distribute import all_gather, local_rows
 from gacd_tf.errors import ConfigError
 from gacd_tf.losses import initial_log_z, nce_logits, reweighted_nce_loss
 from gacd_tf.models import feature_dim, features_and_logits
+from gacd_tf.settings import Setting
 from gacd_tf.trainers.common import per_example_ce, unpack_batch
 from gacd_tf.trainers.distiller import Distiller
 from gacd_tf.trainers.memory_bank import MemoryBank
+from gacd_tf.trainers.methods import METHODS
 from gacd_tf.trainers.robust_trainer import accuracy
 
 TEACHER_INPUTS = ("adversarial", "natural")
 
 
+@METHODS.register("gacd")
 class GACDDistiller(Distiller):
     """Distils a teacher's robust features into a student by reweighted NCE.
 
@@ -66,6 +69,34 @@ class GACDDistiller(Distiller):
         ICLR 2020; Zhang & Wang, "Feature Scattering", NeurIPS 2019.
     """
 
+    SETTINGS = (
+        Setting("nce_k", 16384, "GACD: negatives per sample.", arg="nce_k", kind="int",
+                lower=1),
+        Setting("nce_t", 0.1, "GACD: NCE temperature.", arg="nce_t", positive=True),
+        Setting("nce_momentum", 0.5, "GACD: memory-bank momentum.", arg="nce_momentum",
+                lower=0.0, upper=0.999),
+        Setting("embed_dim", 128, "GACD: embedding dimension.", arg="embed_dim", kind="int",
+                lower=1),
+        Setting("w_nce", 0.8, "GACD: weight of the NCE loss.", arg="w_nce", lower=0.0),
+        Setting("w_ce", 1.0, "GACD: weight of the CE loss on x+.", arg="w_ce", lower=0.0),
+        Setting("teacher_input", "adversarial", "GACD: the teacher sees x+ (Algorithm 1) or "
+                "the natural x.", arg="teacher_input", kind="enum", choices=TEACHER_INPUTS),
+        Setting("symmetric", False, "GACD: add CRD's student-anchored NCE term.",
+                arg="symmetric", kind="bool"),
+        Setting("ot_representation", "features", "GACD: representation of the OT attack "
+                "(Feature Scattering: logits).", kind="enum", choices=("features", "logits")),
+        Setting("ot_steps", 1, "GACD: steps of the OT attack.", kind="int", lower=1),
+        Setting("ot_step_size", None, "GACD: OT attack step size (default --eps).", lower=0.0,
+                step_of=("ot_steps", "eps")),
+    )
+    REWEIGHT = True
+
+    @classmethod
+    def build_attack(cls, settings, context):
+        return context.attack(objective=OptimalTransport(settings["ot_representation"]),
+                              step_size=settings["ot_step_size"] or context.eps,
+                              steps=settings["ot_steps"])
+
     def __init__(self, student, teacher, train_labels, embed_dim=128, nce_k=16384, nce_t=0.1,
                  nce_momentum=0.5, w_nce=0.8, w_ce=1.0, attack=None,
                  teacher_input="adversarial", reweight=True, symmetric=False, seed=None,
@@ -111,6 +142,9 @@ class GACDDistiller(Distiller):
         self.teacher_bank = (MemoryBank(self.num_data, embed_dim, nce_momentum,
                                         seed=sub_seed(5), name="teacher_bank")
                              if symmetric else None)
+
+    def seed_generators(self):
+        return {**super().seed_generators(), "sampler": self.sampler}
 
     def _nce(self, anchors, positives, bank, negatives, weight):
         pos, neg = nce_logits(anchors, positives, bank.bank, negatives, self.nce_t)

@@ -3,11 +3,14 @@
 import tensorflow as tf
 
 from gacd_tf.losses import kd_loss
+from gacd_tf.settings import Setting
 from gacd_tf.trainers.common import unpack_batch
 from gacd_tf.trainers.distiller import Distiller
+from gacd_tf.trainers.methods import METHODS
 from gacd_tf.trainers.robust_trainer import accuracy
 
 
+@METHODS.register("kd")
 class KDDistiller(Distiller):
     """``L = (1 - a) CE(z_S(x), y) + a T^2 KL(softmax(z_T(x)/T) || softmax(z_S(x)/T))``.
 
@@ -26,6 +29,12 @@ class KDDistiller(Distiller):
     Reference:
         Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", 2015.
     """
+
+    SETTINGS = (
+        Setting("kd_alpha", 0.9, "KD: weight a of the KL term.", arg="alpha", lower=0.0,
+                upper=1.0),
+        Setting("kd_temperature", 4.0, "KD: temperature.", arg="temperature", positive=True),
+    )
 
     def __init__(self, student, teacher, alpha=0.9, temperature=4.0, **kwargs):
         super().__init__(student, teacher, ["loss", "accuracy"], **kwargs)

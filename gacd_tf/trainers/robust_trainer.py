@@ -42,6 +42,16 @@ class RobustTrainer(keras.Model):
         # in __init__), so the trainer can save/load weights before any call.
         self.built = True
 
+    def seed_generators(self):
+        """The parts whose random generators are checkpointed, by name.
+
+        The base declares its attacks (``attack`` where a subclass has one,
+        and ``eval_attack``); a subclass with other random parts (a negative
+        sampler, ...) extends the dict. See
+        :func:`gacd_tf.trainers.training_checkpoint.seed_generators_of`.
+        """
+        return {"attack": getattr(self, "attack", None), "eval_attack": self.eval_attack}
+
     @property
     def metrics(self):
         return list(self._train_trackers) + list(self._test_trackers)

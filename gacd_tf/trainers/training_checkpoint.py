@@ -15,42 +15,52 @@ STATE_FILE = "state.json"
 SEED_GENERATOR = keras.random.SeedGenerator
 
 
+def seed_generators_of(obj, path=""):
+    """The ``keras.random.SeedGenerator`` s that ``obj`` declares, by attribute path.
+
+    ``obj`` declares them explicitly: a generator is itself; an object with a
+    ``seed_generators()`` method returns ``{name: generator or part}``
+    (parts are followed recursively, so a trainer lists its attacks and
+    sampler, and an attack its generators); as a fallback for objects that
+    declare nothing, a ``seed_generator`` attribute holding a generator
+    counts. This is how a user's own attack or method gets checkpointed:
+    give it ``seed_generators()``.
+    """
+    if obj is None:
+        return {}
+    if isinstance(obj, SEED_GENERATOR):
+        return {path: obj}
+    declare = getattr(obj, "seed_generators", None)
+    if callable(declare):
+        parts = declare()
+    elif isinstance(getattr(obj, "seed_generator", None), SEED_GENERATOR):
+        parts = {"seed_generator": obj.seed_generator}
+    else:
+        return {}
+    found = {}
+    for name, part in parts.items():
+        for sub, generator in seed_generators_of(part, f"{path}.{name}" if path else name).items():
+            found.setdefault(sub, generator)
+    return found
+
+
 def find_seed_generators(trainer):
     """Every ``keras.random.SeedGenerator`` a trainer draws from, by attribute path.
 
-    Walks the trainer's attributes and, recursively, gacd_tf objects and
-    containers below them (attacks, the negative sampler, ...); Keras
-    networks (student, teacher) hold no generators and are not entered. A
-    generator reached twice (e.g. the training attack doubling as the
-    validation attack) is listed once, under its first path.
+    Reads the trainer's explicit declaration (``trainer.seed_generators()``,
+    see :func:`seed_generators_of`). A generator reached twice (e.g. the
+    training attack doubling as the validation attack) is listed once, under
+    its first path in sorted order.
 
     Returns:
         dict ``{"attack.seed_generator": generator, ...}`` in sorted order.
     """
     found, seen = {}, set()
-
-    def visit(obj, path):
-        if id(obj) in seen:
-            return
-        seen.add(id(obj))
-        if isinstance(obj, SEED_GENERATOR):
-            found[path] = obj
-            return
-        if isinstance(obj, (list, tuple)):
-            for i, item in enumerate(obj):
-                visit(item, f"{path}.{i}")
-            return
-        if isinstance(obj, dict):
-            for key, item in obj.items():
-                visit(item, f"{path}.{key}")
-            return
-        if obj is trainer or type(obj).__module__.startswith("gacd_tf"):
-            for name, value in sorted(vars(obj).items()):
-                if not name.startswith("_"):
-                    visit(value, f"{path}.{name}" if path else name)
-
-    visit(trainer, "")
-    return dict(sorted(found.items()))
+    for path, generator in sorted(seed_generators_of(trainer).items()):
+        if id(generator) not in seen:
+            seen.add(id(generator))
+            found[path] = generator
+    return found
 
 
 def all_finite(variables):
