@@ -59,6 +59,9 @@ def inputs(tmp_path_factory):
     # A CIFAR-10 teacher (32x32 inputs, 10 classes); its weights do not matter here.
     teacher = root / "teacher.keras"
     build_model("resnet8", num_classes=10).save(teacher)
+    # The same teacher wrapped with a final softmax: it outputs probabilities.
+    net = build_model("resnet8", num_classes=10)
+    keras.Model(net.input, keras.layers.Softmax()(net.output)).save(root / "softmax.keras")
     # A model whose file holds a Python lambda: safe_mode refuses it.
     images = keras.Input((32, 32, 3))
     x = keras.layers.Lambda(lambda t: t * 2.0 - 1.0)(images)
@@ -229,3 +232,22 @@ def test_unsafe_load_loads_a_lambda_model_with_a_warning(inputs, tmp_path):
     assert len(warnings) == 1 and warnings[0].startswith("W"), result.stderr[-3000:]
     assert "safe_mode=False" in warnings[0] and "arbitrary code" in warnings[0]
     assert json.loads((out / "eval.json").read_text())["num_examples"] == 10
+
+
+def _methods_with_a_teacher():
+    from gacd_tf.trainers import METHODS
+
+    return [name for name in METHODS.names() if METHODS.get(name).NEEDS_TEACHER]
+
+
+@pytest.mark.parametrize("method", _methods_with_a_teacher())
+def test_a_teacher_that_outputs_probabilities_is_refused_by_every_method(inputs, tmp_path,
+                                                                          method):
+    out = tmp_path / "out"
+    args = _args("distill", [f"--method={method}", "--teacher={root}/softmax.keras"],
+                 inputs, out)
+    result = run_program("distill", *args, timeout=120)
+    _assert_one_error_line(result, [
+        f"teacher ({inputs}/softmax.keras) outputs probabilities (every row is >= 0 and sums "
+        "to 1, e.g. a final softmax), not logits", "remove the final softmax"])
+    _assert_nothing_complete(out)

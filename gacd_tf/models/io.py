@@ -5,6 +5,7 @@ import os
 import zipfile
 
 import keras
+import numpy as np
 
 from gacd_tf.errors import ModelError
 
@@ -90,6 +91,38 @@ def check_model_fits(model, info, role="model", source=None):
             f"{role}{where} has {out_classes} classes but {info.name} has {info.num_classes}; "
             f"use a {role} trained on {info.name}"
         )
+    if role == "teacher":
+        check_outputs_are_logits(model, role, source)
+
+
+def outputs_look_like_probabilities(outputs, atol=1e-3):
+    """True when every row is >= 0 and sums to 1 (within ``atol``): softmax outputs."""
+    outputs = np.asarray(outputs, np.float64)
+    return bool(np.all(outputs >= -atol) and np.allclose(outputs.sum(-1), 1.0, atol=atol))
+
+
+def check_outputs_are_logits(model, role="teacher", source=None):
+    """Refuses a model whose outputs are probabilities (e.g. a final softmax), not logits.
+
+    Every distillation loss and attack takes softmax of the outputs itself;
+    given probabilities it would distil near-uniform targets without a word.
+    Probes the model on four fixed random [0,1] images.
+    """
+    shape = tuple(model.input_shape[1:])
+    if None in shape:
+        return
+    images = np.random.default_rng(0).uniform(0, 1, (4, *shape)).astype("float32")
+    outputs = model(images, training=False)
+    if isinstance(outputs, dict):
+        outputs = outputs.get("logits")
+    elif isinstance(outputs, (list, tuple)):
+        outputs = outputs[-1]
+    if outputs is not None and outputs_look_like_probabilities(outputs):
+        where = f" ({source})" if source else f" {getattr(model, 'name', '')}".rstrip()
+        raise ModelError(
+            f"{role}{where} outputs probabilities (every row is >= 0 and sums to 1, e.g. a "
+            f"final softmax), not logits; every method needs the {role}'s logits: remove the "
+            f"final softmax and save the {role} again")
 
 
 def weights_digest(model):

@@ -3,12 +3,14 @@
 import tensorflow as tf
 
 from gacd_tf.errors import ModelError
+from gacd_tf.models.io import check_outputs_are_logits
 from gacd_tf.trainers.methods import MethodDeclaration
 from gacd_tf.trainers.robust_trainer import RobustTrainer
 
 
 def check_teacher_fits_student(student, teacher):
-    """Refuses a teacher whose input shape or class count differs from the student's."""
+    """Refuses a teacher whose input shape or class count differs from the student's,
+    or whose outputs are probabilities rather than logits."""
     s_in, t_in = tuple(student.input_shape[1:]), tuple(teacher.input_shape[1:])
     if s_in != t_in:
         raise ModelError(f"teacher {teacher.name} takes inputs {t_in} but student "
@@ -17,6 +19,7 @@ def check_teacher_fits_student(student, teacher):
     if s_out != t_out:
         raise ModelError(f"teacher {teacher.name} has {t_out} classes but student "
                          f"{student.name} has {s_out}; use a teacher trained on the same dataset")
+    check_outputs_are_logits(teacher, "teacher")
 
 
 class Distiller(MethodDeclaration, RobustTrainer):
