@@ -48,12 +48,15 @@ def cosine_cost(x, y):
         y: ``[m, ...]`` second batch.
 
     Returns:
-        ``[n, m]`` costs in ``[0, 2]``, in ``x``'s dtype.
+        ``[n, m]`` costs in ``[0, 2]``, in ``x``'s dtype (float32 for
+        half-precision inputs: the transport plan needs the precision).
 
     Example:
     >>> cost = cosine_cost(tf.eye(3), tf.eye(3))  # zero diagonal, ones elsewhere
     """
     x = _flatten_rows(x)
+    if x.dtype in (tf.float16, tf.bfloat16):
+        x = tf.cast(x, tf.float32)
     y = tf.cast(_flatten_rows(y), x.dtype)
     norms = _row_norms(x)[:, None] * _row_norms(y)[None, :]
     cos = tf.matmul(x, y, transpose_b=True) / norms

@@ -229,6 +229,9 @@ def build_model(
         num_classes,
         kernel_initializer=_blocks.dense_initializer(),
         bias_initializer="zeros",
+        # Logits stay float32 under a mixed-precision policy: every loss,
+        # softmax and attack objective reads them.
+        dtype="float32",
         name=LOGITS_NAME,
     )(features)
     return keras.Model(images, logits, name=model_name)

@@ -129,12 +129,14 @@ class GACDDistiller(Distiller):
 
         self.sampler = OtherClassSampler(train_labels, student.output_shape[-1], seed=sub_seed(1))
         self.num_data = self.sampler.num_data
+        # The heads, embeddings, banks and NCE scores stay float32 under a
+        # mixed-precision policy (exp(score / T) with T = 0.1 needs it).
         self.student_embed = keras.layers.Dense(
             embed_dim, kernel_initializer=keras.initializers.GlorotUniform(sub_seed(2)),
-            name="student_embed")
+            dtype="float32", name="student_embed")
         self.teacher_embed = keras.layers.Dense(
             embed_dim, kernel_initializer=keras.initializers.GlorotUniform(sub_seed(3)),
-            name="teacher_embed")
+            dtype="float32", name="teacher_embed")
         self.student_embed.build((None, feature_dim(student)))
         self.teacher_embed.build((None, feature_dim(teacher)))
         self.student_bank = MemoryBank(self.num_data, embed_dim, nce_momentum, seed=sub_seed(4),
