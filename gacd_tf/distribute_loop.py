@@ -18,21 +18,48 @@ be empty". The loop therefore passes the batch through ``tf.identity`` inside
 the replica function, which places it on the replica's device.
 """
 
+import json
+import os
+
 import keras
 import tensorflow as tf
+
+
+def is_chief_task(task_type, task_id, cluster):
+    """True for the task that writes a cluster's files: "chief", else worker 0.
+
+    Args:
+        task_type: "chief", "worker", ... (None or "" outside a cluster).
+        task_id: the task's index.
+        cluster: ``{job name: [addresses]}`` (TF_CONFIG's ``cluster``).
+    """
+    if not task_type:
+        return True
+    return task_type == "chief" or (
+        task_type == "worker" and int(task_id or 0) == 0 and "chief" not in (cluster or {}))
+
+
+def is_chief_from_tf_config(tf_config=None):
+    """:func:`is_chief_task` for ``TF_CONFIG`` (a JSON string; default the environment's).
+
+    Without ``TF_CONFIG`` (or without a ``task``) the process is its own chief.
+    """
+    text = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
+    config = json.loads(text) if text.strip() else {}
+    task = config.get("task") or {}
+    return is_chief_task(task.get("type"), task.get("index", 0), config.get("cluster"))
 
 
 def _is_chief(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:
         return True
-    return resolver.task_type == "chief" or (
-        resolver.task_type == "worker" and resolver.task_id == 0
-        and "chief" not in resolver.cluster_spec().as_dict())
+    return is_chief_task(resolver.task_type, resolver.task_id,
+                         resolver.cluster_spec().as_dict())
 
 
 def fit_multi_worker(trainer, dataset, epochs=1, steps_per_epoch=None, callbacks=None,
-                     verbose=1):
+                     verbose=1, initial_epoch=0, validation_data=None):
     """Trains ``trainer`` with its own ``train_step`` under its strategy.
 
     Runs on every worker of a ``MultiWorkerMirroredStrategy`` cluster (each
@@ -62,6 +89,12 @@ def fit_multi_worker(trainer, dataset, epochs=1, steps_per_epoch=None, callbacks
         callbacks: Keras callbacks (``on_epoch_end`` etc. get the logs; only
             the chief worker should write files, e.g. checkpoints).
         verbose: 1 prints each epoch's logs on the chief worker.
+        initial_epoch: the epoch to start from (as in ``fit``): epochs
+            ``initial_epoch`` .. ``epochs - 1`` run.
+        validation_data: a ``tf.data.Dataset`` of global batches evaluated
+            with the trainer's ``test_step`` after every epoch, per replica;
+            its logs join the epoch's under a ``val_`` prefix (running means
+            averaged over replicas: exact when every batch splits evenly).
 
     Returns:
         A ``keras.callbacks.History``; ``history.history[name]`` lists the
@@ -94,6 +127,26 @@ def fit_multi_worker(trainer, dataset, epochs=1, steps_per_epoch=None, callbacks
         return tf.nest.map_structure(
             lambda v: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None), outputs)
 
+    if isinstance(validation_data, tf.data.Dataset):
+        validation_data = strategy.experimental_distribute_dataset(validation_data)
+
+    def replica_test_step(batch):
+        batch = tf.nest.map_structure(tf.identity, batch)
+        return trainer.test_step(batch)
+
+    @tf.function
+    def test_function(batch):
+        outputs = strategy.run(replica_test_step, args=(batch,))
+        return tf.nest.map_structure(
+            lambda v: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None), outputs)
+
+    def validate():
+        trainer.reset_metrics()
+        outputs = None
+        for batch in validation_data:
+            outputs = test_function(batch)
+        return {} if outputs is None else {f"val_{k}": float(v) for k, v in outputs.items()}
+
     history = keras.callbacks.History()
     callbacks = keras.callbacks.CallbackList(
         list(callbacks or []) + [history], model=trainer, epochs=epochs, steps=steps_per_epoch)
@@ -101,7 +154,7 @@ def fit_multi_worker(trainer, dataset, epochs=1, steps_per_epoch=None, callbacks
     trainer.stop_training = False
     callbacks.on_train_begin()
     logs = {}
-    for epoch in range(epochs):
+    for epoch in range(initial_epoch, epochs):
         trainer.reset_metrics()
         callbacks.on_epoch_begin(epoch)
         batches = iter(dataset) if iterator is None else iterator
@@ -116,9 +169,13 @@ def fit_multi_worker(trainer, dataset, epochs=1, steps_per_epoch=None, callbacks
             outputs = train_function(batch)
             callbacks.on_train_batch_end(step, {k: float(v) for k, v in outputs.items()})
             step += 1
+            if trainer.stop_training:  # a callback stopped the run (e.g. a NaN loss)
+                break
         if outputs is None:
             break
         logs = {k: float(v) for k, v in outputs.items()}
+        if validation_data is not None and not trainer.stop_training:
+            logs.update(validate())
         callbacks.on_epoch_end(epoch, logs)
         if verbose and chief:
             print(f"Epoch {epoch + 1}/{epochs} - "

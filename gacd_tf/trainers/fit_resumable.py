@@ -9,8 +9,9 @@ from gacd_tf.errors import TrainingError
 from gacd_tf.trainers.training_checkpoint import find_seed_generators, read_state
 
 
-def _restore(trainer, checkpoint, state):
-    path = os.path.join(checkpoint.directory, state["weights"])
+def _restore(trainer, checkpoint, state, directory=None):
+    directory = directory or checkpoint.directory
+    path = os.path.join(directory, state["weights"])
     if state["steps_per_epoch"] != checkpoint.steps_per_epoch:
         raise TrainingError(
             f"checkpoint {path} was written with {state['steps_per_epoch']} steps per epoch, "
@@ -26,7 +27,7 @@ def _restore(trainer, checkpoint, state):
     generators = find_seed_generators(trainer)
     missing = set(state["seed_generators"]) ^ set(generators)
     if missing:
-        raise TrainingError(f"checkpoint {checkpoint.directory} holds random generators that do "
+        raise TrainingError(f"checkpoint {directory} holds random generators that do "
                             f"not match this trainer ({', '.join(sorted(missing))}); resume with "
                             "the flags that started the run, or use a new --model_dir")
     for name, generator in generators.items():
@@ -74,7 +75,29 @@ def fit_resumable(trainer, dataset_fn, epochs, steps_per_epoch, checkpoint, call
         TrainingError: a NaN/Inf loss (naming the step and the last good
             checkpoint), or a checkpoint that does not fit the trainer.
     """
-    state = read_state(checkpoint.directory)
+    return resume_and_fit(trainer, dataset_fn, epochs, steps_per_epoch, checkpoint, _fit,
+                          callbacks=callbacks, validation_data=validation_data, verbose=verbose)
+
+
+def resume_and_fit(trainer, dataset_fn, epochs, steps_per_epoch, checkpoint, fit, callbacks=(),
+                   validation_data=None, verbose=1, restore_directory=None):
+    """:func:`fit_resumable` with the training loop ``fit`` and where to resume from.
+
+    Shared by :func:`fit_resumable` (``fit`` = Keras ``fit``) and
+    :func:`gacd_tf.trainers.fit_multi_worker_resumable.fit_multi_worker_resumable`
+    (the multi-worker loop, whose non-chief workers write their checkpoints
+    to a temporary folder but resume from the chief's).
+
+    Args:
+        fit: ``fit(trainer, dataset, initial_epoch, epochs, steps, callbacks,
+            validation_data, verbose)`` trains epochs ``initial_epoch`` ..
+            ``epochs - 1`` of ``steps`` batches each.
+        restore_directory: the folder of the committed checkpoint to resume
+            from (default ``checkpoint.directory``).
+        Others: as :func:`fit_resumable`.
+    """
+    restore_directory = restore_directory or checkpoint.directory
+    state = read_state(restore_directory)
     checkpoint.set_model(trainer)
     with trainer.distribute_strategy.scope():
         if not trainer.optimizer.built:
@@ -89,7 +112,7 @@ def fit_resumable(trainer, dataset_fn, epochs, steps_per_epoch, checkpoint, call
     info = {"resumed_from": None, "completed_before": False}
     epoch, step = 0, 0
     if state is not None:
-        _restore(trainer, checkpoint, state)
+        _restore(trainer, checkpoint, state, restore_directory)
         epoch, step = state["epoch"], state["step_in_epoch"]
         info["resumed_from"] = {k: state[k] for k in ("epoch", "step_in_epoch", "global_step")}
         if state["completed"] or epoch >= epochs:
@@ -99,13 +122,13 @@ def fit_resumable(trainer, dataset_fn, epochs, steps_per_epoch, checkpoint, call
     all_callbacks = [checkpoint] + callbacks
     if step:
         # The rest of the interrupted epoch, then the remaining epochs.
-        _fit(trainer, dataset_fn(epoch, step), epoch, epoch + 1, steps_per_epoch - step,
-             all_callbacks, validation_data, verbose)
+        fit(trainer, dataset_fn(epoch, step), epoch, epoch + 1, steps_per_epoch - step,
+            all_callbacks, validation_data, verbose)
         _raise_on_failure(checkpoint)
         epoch += 1
     if epoch < epochs and not trainer.stop_training:
-        _fit(trainer, dataset_fn(epoch, 0), epoch, epochs, steps_per_epoch, all_callbacks,
-             validation_data, verbose)
+        fit(trainer, dataset_fn(epoch, 0), epoch, epochs, steps_per_epoch, all_callbacks,
+            validation_data, verbose)
         _raise_on_failure(checkpoint)
     _finish(checkpoint, epochs)
     return info
