@@ -25,7 +25,14 @@ def _check_alpha(alpha):
     return float(alpha)
 
 
+def _float32(logits):
+    """Logits as float32 (losses are computed in float32 under mixed precision)."""
+    logits = tf.convert_to_tensor(logits)
+    return tf.cast(logits, tf.float32) if logits.dtype in (tf.float16, tf.bfloat16) else logits
+
+
 def _mean_cross_entropy(logits, labels):
+    logits = _float32(logits)
     labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
     return tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
@@ -84,7 +91,7 @@ def distillation_kl(
         raise ConfigError(
             f"unknown KL reduction {reduction!r}; choose one of: {', '.join(KL_REDUCTIONS)}"
         )
-    student_logits = tf.convert_to_tensor(student_logits)
+    student_logits = _float32(student_logits)
     dtype = student_logits.dtype
     teacher_logits = tf.stop_gradient(tf.cast(teacher_logits, dtype))
     log_p_student = tf.nn.log_softmax(student_logits / temperature, axis=-1)
@@ -132,7 +139,7 @@ def kd_loss(student_logits, teacher_logits, labels, alpha=0.9, temperature=4.0):
         ICLR 2020.
     """
     alpha = _check_alpha(alpha)
-    student_logits = tf.convert_to_tensor(student_logits)
+    student_logits = _float32(student_logits)
     kl = distillation_kl(student_logits, teacher_logits, temperature, reduction="batchmean")
     return (1.0 - alpha) * _mean_cross_entropy(student_logits, labels) + alpha * kl
 

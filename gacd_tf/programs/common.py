@@ -71,6 +71,30 @@ def define_distribute_flags():
                 "logical CPUs) mirrored, or several workers (TF_CONFIG).")
     DEFINE_integer("cpu_devices", None, "Split the CPU into this many logical devices "
                    "(runs --strategy=mirrored without GPUs, e.g. in tests).", lower_bound=1)
+    define_precision_flags()
+
+
+def define_precision_flags():
+    """``--mixed_precision`` and ``--jit_compile`` (GPU speed switches)."""
+    DEFINE_enum("mixed_precision", "off", list(PRECISION_POLICIES),
+                "Compute in float16 (with loss scaling) or bfloat16, keeping variables, "
+                "logits, losses, NCE scores, the memory bank and Sinkhorn in float32; "
+                "'off' = float32 everywhere.")
+    DEFINE_bool("jit_compile", None, "Compile the training step with XLA (unset: Keras' "
+                "'auto', i.e. XLA on a single GPU, off on CPUs and under tf.distribute).")
+
+
+# --mixed_precision -> the Keras dtype policy.
+PRECISION_POLICIES = {"off": "float32", "float16": "mixed_float16",
+                      "bfloat16": "mixed_bfloat16"}
+
+
+def setup_precision():
+    """Sets the global Keras dtype policy of ``--mixed_precision`` (before building models)."""
+    import keras
+
+    if "mixed_precision" in FLAGS:
+        keras.mixed_precision.set_global_policy(PRECISION_POLICIES[FLAGS.mixed_precision])
 
 
 def strategy_from_flags():
@@ -163,7 +187,11 @@ def optimizer_from_flags(steps_per_epoch, epochs=None, learning_rate=None, lr_sc
         if boundaries:
             values = [lr * FLAGS.lr_decay_factor**i for i in range(len(boundaries) + 1)]
             schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    return keras.optimizers.SGD(schedule, momentum=FLAGS.momentum)
+    optimizer = keras.optimizers.SGD(schedule, momentum=FLAGS.momentum)
+    if "mixed_precision" in FLAGS and FLAGS.mixed_precision == "float16":
+        # Dynamic loss scaling: float16 gradients would underflow without it.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def flag_values():
@@ -310,6 +338,7 @@ def start_training_run():
         return None
     strategy = strategy_from_flags()
     setup_runtime(FLAGS.seed)
+    setup_precision()
     return model_dir, metrics_path, strategy
 
 
@@ -339,6 +368,8 @@ def fit_phase(trainer, data, model_dir, phase, epochs, last_path=None, best_path
                             seed=FLAGS.seed + seed_offset, augment=FLAGS.augment,
                             epochs=epochs, start_epoch=start_epoch, start_step=start_step)
 
+    if "jit_compile" in FLAGS and FLAGS.jit_compile is not None:
+        trainer.jit_compile = FLAGS.jit_compile
     info = fit_resumable(trainer, dataset_fn, epochs, data.steps_per_epoch, checkpoint,
                          callbacks=training_callbacks(model_dir, phase),
                          validation_data=data.val_ds, verbose=FLAGS.verbose)

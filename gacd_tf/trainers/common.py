@@ -29,7 +29,9 @@ def l2_penalty(weights, weight_decay):
 
 
 def per_example_ce(labels, logits):
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits)
+    """Cross-entropy per example, in float32 whatever the logits' precision."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32),
+                                                          tf.cast(logits, tf.float32))
 
 
 class MeanTrackers:

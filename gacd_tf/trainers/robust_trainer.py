@@ -70,14 +70,21 @@ class RobustTrainer(keras.Model):
         N replicas with global batch B step exactly like one device with B.
         """
         with tape:
-            total = loss + l2_penalty(weights, self.weight_decay)
+            total = tf.cast(loss, tf.float32) + l2_penalty(weights, self.weight_decay)
             total = total / num_replicas()
-        grads = tape.gradient(total, weights)
+            # float16 training: the optimizer is a LossScaleOptimizer, which
+            # scales the loss here and unscales (or skips) in apply().
+            scaled = self.optimizer.scale_loss(total)
+        grads = tape.gradient(scaled, weights)
         # A non-finite gradient can leave the loss finite (ReLU maps NaN to 0
         # on oneDNN) while it poisons the weights: report() then logs the
         # step's loss as NaN, so the checkpoint callback stops the run.
         # Combined over replicas, so every replica reports the same verdict.
-        checks = [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
+        # (Under loss scaling, overflowing gradients are the optimizer's
+        # business: it skips the step and lowers the scale.)
+        loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        checks = [] if loss_scaled else [tf.reduce_all(tf.math.is_finite(g))
+                                         for g in grads if g is not None]
         finite = tf.reduce_all(tf.stack(checks + [tf.math.is_finite(total)]))
         # (As int32: collective all-gathers take no booleans.)
         finite = all_gather(tf.reshape(tf.cast(finite, tf.int32), [1]))
