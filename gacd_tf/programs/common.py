@@ -101,13 +101,8 @@ def strategy_from_flags():
     """The strategy of ``--strategy``; call before any TensorFlow op."""
     from gacd_tf.distribute import make_strategy
 
-    if FLAGS.strategy == "multi_worker":
-        # Keras 3's fit cannot run under MultiWorkerMirroredStrategy; the
-        # library's custom loop can, but the programs do not drive it yet.
-        raise ConfigError(
-            "--strategy=multi_worker is not supported by the programs yet (Keras fit cannot "
-            "run under MultiWorkerMirroredStrategy); train several workers from Python with "
-            "gacd_tf.distribute_loop.fit_multi_worker, or use --strategy=mirrored")
+    # --strategy=multi_worker: TF_CONFIG names the cluster; fit_phase trains with
+    # the library's multi-worker loop (Keras 3's fit cannot run there).
     strategy = make_strategy(FLAGS.strategy, FLAGS.cpu_devices)
     replicas = strategy.num_replicas_in_sync
     if FLAGS.batch_size % replicas:
@@ -260,6 +255,8 @@ def build_model_from_flags(info):
 
 
 def print_result(result, prefix=""):
+    if not is_chief():
+        return  # several workers: the chief reports
     print(f"{prefix}natural_accuracy={result['natural_accuracy']:.4f} "
           f"robust_accuracy={result['robust_accuracy']:.4f} "
           f"({result['num_examples']} test examples)")
@@ -339,7 +336,64 @@ def start_training_run():
     strategy = strategy_from_flags()
     setup_runtime(FLAGS.seed)
     setup_precision()
+    if not is_chief():  # multi-worker: only the chief writes into --model_dir
+        import keras
+
+        model_dir = worker_output_dir(model_dir)
+        metrics_path = os.path.join(model_dir, "metrics.json")
+        logging.set_verbosity(logging.WARNING)  # progress and logs come from the chief
+        keras.utils.disable_interactive_logging()
     return model_dir, metrics_path, strategy
+
+
+# -- several workers (--strategy=multi_worker) --------------------------------------
+_CHIEF_DIRS = {}  # a non-chief worker's temporary output folder -> the run's --model_dir
+
+
+def is_multi_worker(strategy):
+    """True for a ``MultiWorkerMirroredStrategy``."""
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def is_chief():
+    """True unless this process is a non-chief worker of ``--strategy=multi_worker``.
+
+    The chief (TF_CONFIG's "chief" task, else worker 0) writes the run's
+    files; the others write theirs to a temporary folder
+    (:func:`worker_output_dir`), as Keras' ``BackupAndRestore`` does.
+    """
+    from gacd_tf.distribute_loop import is_chief_from_tf_config
+
+    if "strategy" not in FLAGS or FLAGS.strategy != "multi_worker":
+        return True
+    return is_chief_from_tf_config()
+
+
+def worker_output_dir(model_dir):
+    """A temporary folder standing in for ``model_dir`` on a non-chief worker.
+
+    The program writes there what the chief writes into ``model_dir``
+    (model.keras, metrics.json, logs, checkpoints); it is deleted when the
+    process ends. :func:`chief_dir` maps it back (checkpoints are resumed from
+    the chief's).
+    """
+    import atexit
+    import shutil
+
+    temporary = tempfile.mkdtemp(prefix="gacd-worker-")
+    atexit.register(shutil.rmtree, temporary, ignore_errors=True)
+    _CHIEF_DIRS[temporary] = model_dir
+    return temporary
+
+
+def chief_dir(model_dir):
+    """The run's --model_dir for a folder of :func:`worker_output_dir` (else ``model_dir``)."""
+    for temporary, real in _CHIEF_DIRS.items():
+        if model_dir == temporary or model_dir.startswith(temporary + os.sep):
+            return real + model_dir[len(temporary):]
+    return model_dir
 
 
 def fit_phase(trainer, data, model_dir, phase, epochs, last_path=None, best_path=None,
@@ -370,10 +424,22 @@ def fit_phase(trainer, data, model_dir, phase, epochs, last_path=None, best_path
 
     if "jit_compile" in FLAGS and FLAGS.jit_compile is not None:
         trainer.jit_compile = FLAGS.jit_compile
-    info = fit_resumable(trainer, dataset_fn, epochs, data.steps_per_epoch, checkpoint,
-                         callbacks=training_callbacks(model_dir, phase),
-                         validation_data=data.val_ds, verbose=FLAGS.verbose)
-    if info["completed_before"]:
+    if is_multi_worker(trainer.distribute_strategy):
+        from gacd_tf.trainers.fit_multi_worker_resumable import fit_multi_worker_resumable
+
+        # A non-chief worker's model_dir is its temporary folder; all resume from the chief's.
+        info = fit_multi_worker_resumable(
+            trainer, dataset_fn, epochs, data.steps_per_epoch, checkpoint,
+            restore_directory=checkpoint_dir(chief_dir(model_dir), phase),
+            callbacks=training_callbacks(model_dir, phase), validation_data=data.val_ds,
+            verbose=FLAGS.verbose)
+    else:
+        info = fit_resumable(trainer, dataset_fn, epochs, data.steps_per_epoch, checkpoint,
+                             callbacks=training_callbacks(model_dir, phase),
+                             validation_data=data.val_ds, verbose=FLAGS.verbose)
+    if not is_chief():
+        pass  # the chief reports
+    elif info["completed_before"]:
         print(f"{phase}: already complete in {checkpoint.directory}, not trained again")
     elif info["resumed_from"]:
         where = info["resumed_from"]
