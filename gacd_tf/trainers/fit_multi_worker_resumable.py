@@ -1,9 +1,16 @@
 """Resumable training on several workers (``MultiWorkerMirroredStrategy``)."""
 
+import os
+
 import tensorflow as tf
 
 from gacd_tf.errors import TrainingError
 from gacd_tf.trainers.fit_resumable import resume_and_fit
+from gacd_tf.trainers.training_checkpoint import read_state
+
+# What the collective ops raise when a peer worker died or restarted.
+PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.AbortedError,
+                 tf.errors.DeadlineExceededError, tf.errors.CancelledError)
 
 
 def _fit_multi_worker(trainer, dataset, initial_epoch, epochs, steps, callbacks, validation_data,
@@ -104,8 +111,20 @@ def fit_multi_worker_resumable(trainer, dataset_fn, epochs, steps_per_epoch, che
         return ds.with_options(options)
 
     def fit(trainer, ds, *args):
-        check_same_step(trainer)
-        _fit_multi_worker(trainer, ds, *args)
+        try:
+            check_same_step(trainer)
+            _fit_multi_worker(trainer, ds, *args)
+        except PEER_FAILURES as err:
+            state = read_state(restore_directory)
+            where = ("no checkpoint was committed yet: they start from the beginning"
+                     if state is None else
+                     f"they resume from the last committed checkpoint, global step "
+                     f"{state['global_step']} ({os.path.join(restore_directory, state['weights'])})")
+            first = str(err).strip().splitlines()
+            raise TrainingError(
+                f"another worker of the cluster stopped ({type(err).__name__}: "
+                f"{first[0][:160] if first else ''}); start every stopped worker again with "
+                f"the same command and TF_CONFIG: {where}") from err
 
     if validation_data is not None:
         options = tf.data.Options()
