@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from gacd_tf.attacks.norms import get_norm
-from gacd_tf.attacks.objectives import get_objective
+from gacd_tf.attacks.objectives import as_outputs, get_objective
 from gacd_tf.distribute import all_gather, local_rows, num_replicas
 from gacd_tf.errors import ConfigError
 from gacd_tf.registry import Registry
@@ -33,10 +33,19 @@ class PGD:
         random_start: start from a uniformly random point of the ball.
         objective: name ("ce", "kl") or an :class:`Objective` instance.
         seed: int seed of the random start (a ``keras.random.SeedGenerator``).
+        restarts: random starts :meth:`perturb` tries (>= 1); ``__call__``
+            (training) always makes one.
+
+    Calling the attack returns the last iterate of one start (what training
+    uses). :meth:`perturb` is the evaluation interface: it follows SPEC
+    "Counting" and returns ``(x_adv, robust)``, an example being robust only
+    if its clean image is classified correctly and no iterate of any restart
+    is misclassified.
 
     Example:
     >>> attack = PGD(eps=8 / 255, step_size=2 / 255, steps=10)
     >>> x_adv = attack(model, images, labels)  # doctest: +SKIP
+    >>> x_adv, robust = PGD(steps=20, restarts=5).perturb(model, images, labels)  # doctest: +SKIP
 
     Reference:
         Madry et al., "Towards Deep Learning Models Resistant to Adversarial
@@ -52,6 +61,7 @@ class PGD:
         random_start=True,
         objective="ce",
         seed=None,
+        restarts=1,
     ):
         if not eps >= 0:
             raise ConfigError(f"attack eps must be >= 0, got {eps}")
@@ -59,6 +69,8 @@ class PGD:
             raise ConfigError(f"attack step_size must be > 0, got {step_size}")
         if int(steps) != steps or steps < 0:
             raise ConfigError(f"attack steps must be a whole number >= 0, got {steps}")
+        if isinstance(restarts, bool) or int(restarts) != restarts or restarts < 1:
+            raise ConfigError(f"attack restarts must be a whole number >= 1, got {restarts}")
         self.eps = float(eps)
         self.step_size = float(step_size)
         self.steps = int(steps)
@@ -66,7 +78,12 @@ class PGD:
         self.random_start = bool(random_start)
         self.objective = get_objective(objective)
         self.seed = seed
+        self.restarts = int(restarts)
         self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def seed_generators(self):
+        """The random generators this attack draws from (for checkpoints)."""
+        return {"seed_generator": self.seed_generator}
 
     def start(self, x):
         """The starting point: ``x`` or a random point of the ball around it."""
@@ -127,6 +144,83 @@ class PGD:
             )
         return tf.stop_gradient(x_adv)
 
+    def perturb(self, model, x, y):
+        """Evaluation under SPEC "Counting": ``(x_adv, robust)`` for labels ``y``.
+
+        Runs ``restarts`` starts of the attack on the whole batch. Every
+        iterate (the start point included) is classified; an example is
+        robust only if its clean image and every iterate of every restart
+        are classified as ``y``. For a non-robust example ``x_adv`` is the
+        first misclassified point found (the clean image when that is
+        already misclassified); for a robust one, the iterate of highest
+        objective value. Runs eagerly and inside ``tf.function``.
+
+        Args:
+            model: as for ``__call__``; only its logits are used to classify.
+            x: float images in [0, 1], NHWC.
+            y: integer labels ``[B]`` (the objective's target too, e.g. "ce").
+
+        Returns:
+            ``(x_adv, robust)``: float32 images like ``x`` and a bool ``[B]``.
+        """
+        x = tf.convert_to_tensor(x, tf.float32)
+        labels = tf.cast(y, tf.int64)
+        rows = tf.concat([tf.shape(x)[:1], tf.ones([x.shape.rank - 1], tf.int32)], 0)
+
+        def wrong(logits):
+            return tf.not_equal(tf.argmax(logits, -1), labels)
+
+        clean_logits = as_outputs(model(x, training=False))["logits"]
+        found = wrong(clean_logits)  # an adversarial point is known for these rows
+        first = x
+        best = x
+        best_loss = tf.fill(tf.shape(labels), tf.constant(-float("inf"), tf.float32))
+
+        def visit(x_adv, logits, loss, found, first, best, best_loss):
+            """Records the iterate ``x_adv`` (classified as ``logits``, objective ``loss``)."""
+            miss = wrong(logits)
+            new = tf.reshape(tf.logical_and(miss, tf.logical_not(found)), rows)
+            first = tf.where(new, x_adv, first)
+            loss = tf.cast(loss, tf.float32)
+            better = loss > best_loss
+            best = tf.where(tf.reshape(better, rows), x_adv, best)
+            best_loss = tf.where(better, loss, best_loss)
+            return tf.logical_or(found, miss), first, best, best_loss
+
+        def body(i, x_adv, found, first, best, best_loss):
+            loss, grad, logits = self._loss_and_gradient(model, x_adv, y)
+            found, first, best, best_loss = visit(x_adv, logits, loss, found, first, best,
+                                                  best_loss)
+            return i + 1, self.project(self.step(x_adv, grad), x), found, first, best, best_loss
+
+        for _ in range(self.restarts):
+            x_adv = self.start(x)
+            state = (tf.constant(0), x_adv, found, first, best, best_loss)
+            if num_replicas() > 1:
+                for _ in range(self.steps):
+                    state = body(*state)
+            elif self.steps > 0:
+                state = tf.while_loop(lambda i, *_: i < self.steps, body, state,
+                                      parallel_iterations=1)
+            _, x_adv, found, first, best, best_loss = state
+            outputs = model(x_adv, training=False)
+            found, first, best, best_loss = visit(
+                x_adv, as_outputs(outputs)["logits"], self.objective(outputs, y), found, first,
+                best, best_loss)
+        x_adv = tf.where(tf.reshape(found, rows), first, best)
+        return tf.stop_gradient(x_adv), tf.logical_not(found)
+
+    def _loss_and_gradient(self, model, x_adv, target):
+        """Per-example objective, its input gradient (as :meth:`gradient`) and the logits."""
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            outputs = model(x_adv, training=False)
+            loss = self.objective(outputs, target)
+            total = tf.reduce_sum(loss)
+        # A model without a gradient path to its input (masked gradients) gets zeros.
+        grad = tape.gradient(total, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return loss, grad, as_outputs(outputs)["logits"]
+
     def get_config(self):
         return {
             "attack": type(self).__name__.lower(),
@@ -137,6 +231,7 @@ class PGD:
             "random_start": self.random_start,
             "objective": type(self.objective).__name__,
             "seed": self.seed,
+            "restarts": self.restarts,
         }
 
 
@@ -155,6 +250,7 @@ class FGSM(PGD):
         kwargs.pop("steps", None)
         kwargs.pop("step_size", None)
         kwargs.pop("random_start", None)
+        kwargs.pop("restarts", None)  # deterministic: every restart would repeat the first
         super().__init__(
             eps=eps, step_size=max(eps, 1e-12), steps=1, norm=norm,
             random_start=False, objective=objective, seed=seed,

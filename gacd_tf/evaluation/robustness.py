@@ -12,9 +12,18 @@ from gacd_tf.trainers.common import unpack_batch
 def evaluate_robustness(model, dataset, attack, verbose=1):
     """Natural and robust accuracy of ``model`` on every example of ``dataset``.
 
-    Each batch is attacked once (``attack(model, x, y)``, model in inference
-    mode); an example counts as robust if the model still classifies its
-    adversarial version correctly.
+    Robustness follows SPEC "Counting": each batch is attacked with
+    ``attack.perturb(model, x, y) -> (x_adv, robust)`` (model in inference
+    mode), and an example is robust only if its clean image is classified
+    correctly and no iterate of the attack (any restart, any target) is
+    misclassified; so robust accuracy never exceeds natural accuracy. An
+    attack without ``perturb`` (a plain ``attack(model, x, y) -> x_adv``
+    callable) counts an example robust when both its clean and its
+    adversarial image are classified correctly.
+
+    An :class:`gacd_tf.attacks.AutoAttack` runs as an ensemble over the
+    whole dataset (:meth:`AutoAttack.run`: each attack on the points still
+    robust); its result adds ``robust_accuracy_by_attack`` and ``warnings``.
 
     Args:
         model: callable mapping [0,1] images to logits (or ``(features, logits)``).
@@ -31,6 +40,8 @@ def evaluate_robustness(model, dataset, attack, verbose=1):
     >>> evaluate_robustness(model, make_dataset(test, 256, training=False),
     ...                     PGD(steps=20))  # doctest: +SKIP
     """
+    if attack is not None and callable(getattr(attack, "run_ensemble", None)):
+        return attack.run_ensemble(model, dataset, verbose=verbose)
 
     def logits_of(x):
         return as_outputs(model(x, training=False))["logits"]
@@ -38,11 +49,15 @@ def evaluate_robustness(model, dataset, attack, verbose=1):
     @tf.function(reduce_retracing=True)
     def batch_counts(x, y):
         y = tf.cast(y, tf.int64)
-        nat = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits_of(x), -1), y), tf.int64))
+        correct = tf.equal(tf.argmax(logits_of(x), -1), y)
+        nat = tf.reduce_sum(tf.cast(correct, tf.int64))
         if attack is None:
             return nat, tf.constant(0, tf.int64)
-        x_adv = attack(model, x, y)
-        adv = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits_of(x_adv), -1), y), tf.int64))
+        if callable(getattr(attack, "perturb", None)):
+            _, robust = attack.perturb(model, x, y)
+        else:
+            robust = tf.equal(tf.argmax(logits_of(attack(model, x, y)), -1), y)
+        adv = tf.reduce_sum(tf.cast(tf.logical_and(correct, robust), tf.int64))
         return nat, adv
 
     cardinality = int(dataset.cardinality())
