@@ -15,9 +15,10 @@ from gacd_tf.attacks.objectives import (
 )
 from gacd_tf.attacks.ot_objective import OptimalTransport
 from gacd_tf.attacks.pgd import ATTACKS, FGSM, PGD, build_attack
+from gacd_tf.attacks.autoattack import AutoAttack
 
 __all__ = [
     "ATTACKS", "FGSM", "PGD", "build_attack", "NORMS", "L2Norm", "LinfNorm", "get_norm",
     "OBJECTIVES", "CrossEntropy", "KLDivergence", "Objective", "OptimalTransport", "as_outputs",
-    "get_objective",
+    "get_objective", "AutoAttack",
 ]

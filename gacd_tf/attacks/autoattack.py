@@ -1,0 +1,511 @@
+"""AutoAttack (Croce & Hein, ICML 2020), natively in TensorFlow: the field's standard ensemble.
+
+Each attack of the ensemble runs, in order, only on the points every earlier
+attack left robust, always starting from the clean image; a point's first
+successful adversarial example is kept. The robust accuracy after the last
+attack is the per-example worst case over the ensemble.
+"""
+
+import math
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from gacd_tf.attacks.objectives import as_outputs
+from gacd_tf.attacks.pgd import ATTACKS
+from gacd_tf.errors import ConfigError
+
+# The reference's versions (autoattack.py, set_version and the constructors):
+# the attacks in order, and the settings each attack gets in that version.
+VERSIONS = {
+    "standard": {
+        "attacks": ("apgd-ce", "apgd-t", "fab-t", "square"),
+        "settings": {
+            "apgd-ce": {"n_restarts": 1, "n_iter": 100},
+            "apgd-t": {"n_restarts": 1, "n_iter": 100, "n_target_classes": 9},
+            "fab-t": {"n_restarts": 1, "n_iter": 100, "n_target_classes": 9},
+            "square": {"n_queries": 5000, "p_init": 0.8},
+        },
+    },
+    "plus": {
+        "attacks": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+        "settings": {
+            "apgd-ce": {"n_restarts": 5, "n_iter": 100},
+            "apgd-dlr": {"n_restarts": 5, "n_iter": 100},
+            "fab": {"n_restarts": 5, "n_iter": 100},
+            "square": {"n_queries": 5000, "p_init": 0.8},
+            "apgd-t": {"n_restarts": 1, "n_iter": 100, "n_target_classes": 9},
+            "fab-t": {"n_restarts": 1, "n_iter": 100, "n_target_classes": 9},
+        },
+    },
+    "rand": {
+        "attacks": ("apgd-ce", "apgd-dlr"),
+        "settings": {
+            "apgd-ce": {"n_restarts": 1, "n_iter": 100, "eot_iter": 20},
+            "apgd-dlr": {"n_restarts": 1, "n_iter": 100, "eot_iter": 20},
+        },
+    },
+}
+
+# Thresholds of the reference's checks (checks.py).
+_RANDOMIZED_PASSES = 5
+_RANDOMIZED_TOL = 1e-4
+_PROBABILITY_TOL = 1e-5
+_SQUARE_TOL = 0.002
+
+
+def ensemble_attack_names():
+    """Registry names an ensemble can take: every attack but the ensemble itself."""
+    return [name for name in ATTACKS.names() if name != "autoattack"]
+
+
+@ATTACKS.register("autoattack")
+class AutoAttack:
+    """The AutoAttack ensemble: APGD-CE, APGD-T, FAB-T and Square (version "standard").
+
+    :meth:`run` evaluates a whole set of examples: it classifies the clean
+    images, runs the reference's sanity checks, then each attack on the
+    points still robust (batches of ``batch_size`` of them), and returns
+    per-example robust flags, the adversarial examples and the robust
+    accuracy after each attack. :meth:`perturb` is the batch interface every
+    attack shares (``(x_adv, robust)`` for one batch, inside ``tf.function``
+    too), so ``--attack=autoattack`` works wherever an attack is named.
+
+    Counting follows SPEC "Counting": a point is robust only if its clean
+    image is classified correctly and no attack found a misclassified
+    point within the ball; its adversarial example is the first one found.
+    Robust points keep their clean image as ``x_adv`` (as in the reference).
+
+    Args:
+        version: "standard" (APGD-CE, APGD-T, FAB-T, Square), "plus"
+            (APGD-CE and APGD-DLR with 5 restarts, FAB with 5 restarts,
+            Square, APGD-T, FAB-T) or "rand" (APGD-CE and APGD-DLR with EOT
+            over 20 draws, for randomised models); the reference's settings
+            per version (:data:`VERSIONS`).
+        attacks: a custom list replacing the version's attacks: registry
+            names (``"apgd-ce"``, ``"apgd-t"``, ``"fab-t"``, ``"square"``,
+            ``"pgd"``...; a name of the version gets the version's settings)
+            or attack objects with ``perturb(model, x, y)`` (used as given).
+        eps: radius of the ball in [0, 1] pixel units.
+        norm: "linf" or "l2".
+        seed: int seed of every attack's random draws (recorded in the result);
+            :meth:`run` starts every attack's generator from it, so the same
+            model, examples, batch size and seed give the same numbers.
+        verbose: 0 silent (the per-attack lines still go to the log), 1 a
+            progress bar and one printed line per attack, 2 the lines only.
+        attack_settings: dict attack name -> constructor arguments that
+            override the version's (e.g. ``{"apgd-ce": {"n_iter": 10}}``).
+        checks: run the reference's sanity checks (warnings in the result).
+
+    Example:
+    >>> aa = AutoAttack(version="standard", eps=8 / 255, seed=0)
+    >>> result = aa.run(model, x_test, y_test, batch_size=250)  # doctest: +SKIP
+    >>> result["robust_accuracy_by_attack"]  # doctest: +SKIP
+    {'apgd-ce': 0.27, 'apgd-t': 0.225, 'fab-t': 0.225, 'square': 0.215}
+
+    Reference:
+        Croce and Hein, "Reliable evaluation of adversarial robustness with
+        an ensemble of diverse parameter-free attacks", ICML 2020; code
+        github.com/fra31/auto-attack (autoattack.py, checks.py).
+    """
+
+    def __init__(self, version="standard", attacks=None, eps=8 / 255, norm="linf", seed=0,
+                 verbose=1, attack_settings=None, checks=True):
+        if version not in VERSIONS:
+            raise ConfigError(f"AutoAttack version={version!r} is unknown; choose one of: "
+                              f"{', '.join(VERSIONS)}")
+        if norm not in ("linf", "l2"):
+            raise ConfigError(f"AutoAttack norm={norm!r} is unknown; choose linf or l2")
+        if not (isinstance(eps, (int, float)) and 0 <= eps < math.inf):
+            raise ConfigError(f"AutoAttack eps must be a number >= 0, got {eps!r}")
+        if seed is None or isinstance(seed, bool) or int(seed) != seed:
+            raise ConfigError(f"AutoAttack seed must be a whole number, got {seed!r}")
+        if verbose not in (0, 1, 2):
+            raise ConfigError(f"AutoAttack verbose must be 0, 1 or 2, got {verbose!r}")
+        self.version = version
+        self.eps = float(eps)
+        self.norm = norm
+        self.seed = int(seed)
+        self.verbose = verbose
+        self.checks = bool(checks)
+        self.custom = attacks is not None
+        names = list(VERSIONS[version]["attacks"]) if attacks is None else list(attacks)
+        if not names:
+            raise ConfigError("AutoAttack attacks is empty; name at least one attack or leave "
+                              "it unset for the version's list")
+        overrides = dict(attack_settings or {})
+        self.attacks = {}
+        for item in names:
+            name, attack = self._build(item, overrides)
+            base, i = name, 1
+            while name in self.attacks:
+                i += 1
+                name = f"{base}_{i}"
+            self.attacks[name] = attack
+        unused = sorted(set(overrides) - set(self.attacks))
+        if unused:
+            raise ConfigError(f"AutoAttack attack_settings names {', '.join(unused)}, not in "
+                              f"the attacks run ({', '.join(self.attacks)})")
+        self._initial_states = {key: gen.state.numpy().copy()
+                                for key, gen in self.seed_generators().items()}
+        self._compiled = {}
+
+    def _build(self, item, overrides):
+        if not isinstance(item, str):
+            if not callable(getattr(item, "perturb", None)):
+                raise ConfigError(f"AutoAttack attacks entry {item!r} is neither an attack name "
+                                  "nor an object with perturb(model, x, y)")
+            config = item.get_config() if hasattr(item, "get_config") else {}
+            return str(config.get("attack") or type(item).__name__.lower()), item
+        valid = ensemble_attack_names()
+        if item not in valid:
+            raise ConfigError(f"AutoAttack attacks entry {item!r} is unknown; choose from: "
+                              f"{', '.join(valid)}")
+        import inspect
+
+        cls = ATTACKS.get(item)
+        accepted = inspect.signature(cls).parameters
+        settings = dict(VERSIONS[self.version]["settings"].get(item, {}))
+        missing = sorted(set(settings) - set(accepted))
+        if missing:
+            raise ConfigError(f"attack {item} takes no {', '.join(missing)}, which AutoAttack "
+                              f"version {self.version!r} sets; it cannot run this version")
+        extra = dict(overrides.get(item, {}))
+        unknown = sorted(set(extra) - set(accepted))
+        if unknown:
+            raise ConfigError(f"AutoAttack attack_settings[{item!r}] has {', '.join(unknown)}, "
+                              f"which {item} does not take; it takes "
+                              f"{', '.join(p for p in accepted if p not in ('eps', 'norm', 'seed'))}")
+        settings.update(extra)
+        common = {"eps": self.eps, "norm": self.norm, "seed": self.seed}
+        settings.update({k: v for k, v in common.items() if k in accepted})
+        return item, cls(**settings)
+
+    # ------------------------------------------------------------------
+    # The interface every attack shares.
+
+    def seed_generators(self):
+        """Every attack's generators, keyed ``"ATTACK/ATTRIBUTE"``."""
+        generators = {}
+        for name, attack in self.attacks.items():
+            own = attack.seed_generators() if hasattr(attack, "seed_generators") else {}
+            for attr, gen in own.items():
+                generators[f"{name}/{attr}"] = gen
+        return generators
+
+    def get_config(self):
+        return {
+            "attack": "autoattack",
+            "version": self.version if not self.custom else f"{self.version} (custom attacks)",
+            "attacks": list(self.attacks),
+            "eps": self.eps,
+            "norm": self.norm,
+            "seed": self.seed,
+            "settings": {name: (a.get_config() if hasattr(a, "get_config") else {})
+                         for name, a in self.attacks.items()},
+        }
+
+    def perturb(self, model, x, y):
+        """The ensemble on one batch: ``(x_adv, robust)``.
+
+        Each attack runs on the rows still robust (gathered, so a broken row
+        is never attacked again); runs eagerly and inside ``tf.function``.
+        No sanity checks here: :meth:`run` makes them.
+        """
+        x = tf.convert_to_tensor(x, tf.float32)
+        labels = tf.cast(y, tf.int64)
+        logits = as_outputs(model(x, training=False))["logits"]
+        robust = tf.equal(tf.argmax(logits, -1), labels)
+        x_adv = x
+        for attack in self.attacks.values():
+            rows = tf.where(robust)[:, 0]
+
+            def attack_rows(attack=attack, rows=rows):
+                adv, still = attack.perturb(model, tf.gather(x, rows), tf.gather(labels, rows))
+                adv = tf.ensure_shape(tf.cast(adv, tf.float32), [None, *x.shape[1:]])
+                return adv, tf.ensure_shape(tf.cast(still, tf.bool), [None])
+
+            def nothing(rows=rows):
+                return tf.gather(x, rows), tf.ones(tf.shape(rows), tf.bool)
+
+            adv, still = tf.cond(tf.size(rows) > 0, attack_rows, nothing)
+            broken = tf.boolean_mask(rows, tf.logical_not(still))[:, None]
+            x_adv = tf.tensor_scatter_nd_update(
+                x_adv, broken, tf.boolean_mask(adv, tf.logical_not(still)))
+            robust = tf.tensor_scatter_nd_update(
+                robust, broken, tf.zeros(tf.shape(broken)[:1], tf.bool))
+        return tf.stop_gradient(x_adv), robust
+
+    def __call__(self, model, x, y):
+        return self.perturb(model, x, y)[0]
+
+    # ------------------------------------------------------------------
+    # The evaluation.
+
+    def run(self, model, x, y=None, batch_size=None, verbose=None):
+        """Evaluates ``model`` under the ensemble on every example given.
+
+        Args:
+            model: callable ``model(x, training=False)`` returning logits (or
+                ``(features, logits)`` / a dict, see ``as_outputs``).
+            x: float images in [0, 1] (or uint8 0..255), NHWC; or a
+                ``tf.data.Dataset`` of ``(image, label[, index])`` batches
+                (then ``y`` is None); or a ``gacd_tf.data.ArraySplit``.
+            y: integer labels ``[N]`` for array ``x``.
+            batch_size: points per attack call (default: the dataset's batch
+                size, else 250 as in the reference).
+            verbose: overrides the constructor's ``verbose``.
+
+        Returns:
+            dict with ``natural_accuracy``, ``robust_accuracy`` (final),
+            ``robust_accuracy_by_attack`` (attack name -> robust accuracy
+            after it, in run order), ``seconds_by_attack``, ``seconds``,
+            ``num_examples``, ``warnings`` (list of sentences), ``attack``
+            (the settings, seed included), and NumPy arrays ``robust``
+            (bool [N]), ``clean_correct`` (bool [N]), ``x_adv`` (float32,
+            the first adversarial example found; the clean image for robust
+            points), ``labels`` and ``predictions`` (the model's classes of
+            ``x_adv``). :func:`json_result` drops the arrays.
+        """
+        verbose = self.verbose if verbose is None else verbose
+        x, y, batch_size = _as_arrays(x, y, batch_size)
+        n = len(y)
+        start = time.time()
+        for key, gen in self.seed_generators().items():
+            gen.state.assign(self._initial_states[key])
+
+        logits_fn = self._logits_fn(model, x.shape[1:])
+        predictions = np.concatenate([
+            np.argmax(logits_fn(x[i:i + batch_size]).numpy(), -1)
+            for i in range(0, n, batch_size)]).astype(np.int64)
+        clean_correct = predictions == y
+        robust = clean_correct.copy()
+        x_adv = x.copy()
+        natural = float(clean_correct.mean())
+        _say(f"natural accuracy: {100 * natural:.2f} % ({n} examples)", verbose)
+        warnings = self._sanity_checks(model, x[:batch_size], y[:batch_size], logits_fn) \
+            if self.checks else []
+        for warning in warnings:
+            _warn(warning, verbose)
+
+        by_attack, seconds_by_attack = {}, {}
+        for name, attack in self.attacks.items():
+            attack_start = time.time()
+            rows = np.flatnonzero(robust)
+            batches = range(0, len(rows), batch_size)
+            progbar = keras.utils.Progbar(len(batches), verbose=1 if verbose == 1 else 0,
+                                          stateful_metrics=["robust_acc"])
+            fn = self._attack_fn(name, attack, model, x.shape[1:]) if len(rows) else None
+            outside = 0
+            for step, b in enumerate(batches):
+                sub = rows[b:b + batch_size]
+                adv, still, pred = (t.numpy() for t in fn(x[sub], y[sub]))
+                still = still.astype(bool)
+                inside = _within(adv, x[sub], self.eps, self.norm)
+                outside += int(np.sum(~still & ~inside))
+                broken = ~still & inside
+                robust[sub[broken]] = False
+                x_adv[sub[broken]] = adv[broken]
+                predictions[sub[broken]] = pred[broken]
+                progbar.update(step + 1, [("robust_acc", float(robust.mean()))])
+            if outside:
+                warnings.append(_warn(
+                    f"{name} returned {outside} adversarial examples outside the {self.norm} "
+                    f"ball of radius {self.eps:g} or [0, 1]; they were not counted (a bug of "
+                    "that attack)", verbose))
+            by_attack[name] = float(robust.mean())
+            seconds_by_attack[name] = round(time.time() - attack_start, 2)
+            _say(f"robust accuracy after {name}: {100 * by_attack[name]:.2f} % "
+                 f"({len(rows)} points attacked, {seconds_by_attack[name]:.1f} s)", verbose)
+
+        if self.checks:
+            square = _square_check(by_attack)
+            if square:
+                warnings.append(_warn(square, verbose))
+        final = float(robust.mean())
+        _say(f"robust accuracy: {100 * final:.2f} %", verbose)
+        return {
+            "natural_accuracy": natural,
+            "robust_accuracy": final,
+            "robust_accuracy_by_attack": by_attack,
+            "num_examples": n,
+            "attack": self.get_config(),
+            "seconds": round(time.time() - start, 2),
+            "seconds_by_attack": seconds_by_attack,
+            "warnings": warnings,
+            "robust": robust,
+            "clean_correct": clean_correct,
+            "x_adv": x_adv,
+            "labels": y,
+            "predictions": predictions,
+        }
+
+    def run_ensemble(self, model, dataset, verbose=0, return_examples=False):
+        """:meth:`run` on a dataset, as ``evaluate_robustness`` reports it (JSON-able
+        unless ``return_examples``)."""
+        result = self.run(model, dataset, verbose=verbose)
+        return result if return_examples else json_result(result)
+
+    # ------------------------------------------------------------------
+
+    def _logits_fn(self, model, shape):
+        key = ("logits", id(model), tuple(shape))
+        if key not in self._compiled:
+            @tf.function(input_signature=[tf.TensorSpec([None, *shape], tf.float32)],
+                         reduce_retracing=True)
+            def logits(x):
+                return tf.cast(as_outputs(model(x, training=False))["logits"], tf.float32)
+
+            self._compiled = {k: v for k, v in self._compiled.items() if k[1] == id(model)}
+            self._compiled[key] = logits
+        return self._compiled[key]
+
+    def _attack_fn(self, name, attack, model, shape):
+        """``attack.perturb`` in a ``tf.function`` with a None batch dimension (no
+        retracing for each subset size), plus the model's classes of ``x_adv``."""
+        key = (name, id(model), tuple(shape))
+        if key not in self._compiled:
+            @tf.function(input_signature=[tf.TensorSpec([None, *shape], tf.float32),
+                                          tf.TensorSpec([None], tf.int64)],
+                         reduce_retracing=True)
+            def attack_batch(x, y):
+                adv, still = attack.perturb(model, x, y)
+                adv = tf.ensure_shape(tf.cast(adv, tf.float32), [None, *shape])
+                logits = as_outputs(model(adv, training=False))["logits"]
+                return adv, tf.cast(still, tf.bool), tf.argmax(logits, -1)
+
+            self._compiled[key] = attack_batch
+        return self._compiled[key]
+
+    def _sanity_checks(self, model, x, y, logits_fn):
+        """The reference's checks (checks.py) on one batch: sentences for the warnings."""
+        found = []
+        outputs = [logits_fn(x).numpy().astype(np.float64)]
+        if self.version != "rand":
+            for _ in range(_RANDOMIZED_PASSES - 1):
+                outputs.append(logits_fn(x).numpy().astype(np.float64))
+            unit = [o / (np.linalg.norm(o, axis=-1, keepdims=True) + 1e-10) for o in outputs]
+            spread = max(np.linalg.norm(u - unit[0], axis=-1).max() for u in unit)
+            counts = {int(np.sum(np.argmax(o, -1) == y)) for o in outputs}
+            if spread > _RANDOMIZED_TOL or len(counts) > 1:
+                found.append(
+                    "the forward pass is not deterministic (the same images gave different "
+                    f"outputs over {_RANDOMIZED_PASSES} passes): a randomised model needs "
+                    "version='rand' (EOT), or its evaluation overstates robustness")
+        out = outputs[0]
+        if (out.max() < 1 + _PROBABILITY_TOL and out.min() > -_PROBABILITY_TOL
+                and np.all(np.abs(out.sum(-1) - 1) < _PROBABILITY_TOL)):
+            found.append(
+                "the model's outputs look like probabilities (every row in [0, 1] and summing "
+                "to 1): the attacks need logits; remove the final softmax, or the losses "
+                "saturate and robustness is overstated")
+        num_classes = out.shape[-1]
+        for name, attack in self.attacks.items():
+            targets = getattr(attack, "n_target_classes", None)
+            if targets is not None and targets + 1 > num_classes:
+                found.append(f"{name} asks for {targets} target classes but the model has "
+                             f"{num_classes} classes ({num_classes - 1} possible targets)")
+        zero = _zero_gradient_rows(model, x, y)
+        if zero:
+            found.append(
+                f"{zero} of {len(y)} points have a zero input gradient: gradient-based attacks "
+                "cannot move them, so their robustness may be an artefact (gradient masking, "
+                "e.g. a non-differentiable input transform or saturated outputs)")
+        return found
+
+
+def json_result(result):
+    """:meth:`AutoAttack.run`'s result without its NumPy arrays (JSON-able)."""
+    return {k: v for k, v in result.items() if not isinstance(v, np.ndarray)}
+
+
+def _as_arrays(x, y, batch_size):
+    """(float32 images in [0, 1], int64 labels, batch size) from arrays, a split or a dataset."""
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise ConfigError("AutoAttack.run takes labels in the dataset's batches, not as y")
+        images, labels = [], []
+        for batch in x:
+            batch = tuple(batch.values()) if isinstance(batch, dict) else batch
+            images.append(np.asarray(batch[0]))
+            labels.append(np.asarray(batch[1]))
+            if batch_size is None:
+                batch_size = len(labels[-1])
+        if not images:
+            raise ConfigError("AutoAttack.run got an empty dataset")
+        x, y = np.concatenate(images), np.concatenate(labels)
+    elif hasattr(x, "images") and hasattr(x, "labels") and y is None:
+        x, y = x.images, x.labels
+    if y is None:
+        raise ConfigError("AutoAttack.run needs labels y for array images")
+    x = np.asarray(x)
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    y = np.asarray(y).reshape(-1).astype(np.int64)
+    if x.ndim != 4 or len(x) != len(y):
+        raise ConfigError(f"AutoAttack.run needs images [N, H, W, C] and N labels, got images "
+                          f"{x.shape} and {len(y)} labels")
+    if len(y) == 0:
+        raise ConfigError("AutoAttack.run got no examples")
+    if x.min() < 0 or x.max() > 1:
+        raise ConfigError(f"AutoAttack.run needs images in [0, 1] (or uint8), got values in "
+                          f"[{x.min():g}, {x.max():g}]")
+    batch_size = 250 if batch_size is None else int(batch_size)
+    if batch_size < 1:
+        raise ConfigError(f"AutoAttack.run batch_size must be >= 1, got {batch_size}")
+    return x, y, batch_size
+
+
+def _within(x_adv, x, eps, norm, rtol=1e-5, atol=1e-6):
+    """bool [B]: each row of ``x_adv`` in [0, 1] and within ``eps`` of ``x``."""
+    d = (x_adv.astype(np.float64) - x).reshape(len(x), -1)
+    size = np.abs(d).max(1) if norm == "linf" else np.sqrt((d ** 2).sum(1))
+    box = (x_adv.reshape(len(x), -1).min(1) >= 0) & (x_adv.reshape(len(x), -1).max(1) <= 1)
+    return box & (size <= eps * (1 + rtol) + atol)
+
+
+def _zero_gradient_rows(model, x, y):
+    """How many rows have an all-zero cross-entropy input gradient (the reference checks
+    the first gradient of APGD)."""
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = tf.cast(as_outputs(model(x, training=False))["logits"], tf.float32)
+        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=tf.cast(y, tf.int32), logits=logits))
+    grad = tape.gradient(loss, x)
+    if grad is None:
+        return len(y)
+    size = np.abs(grad.numpy()).reshape(len(y), -1).sum(1)
+    return int(np.sum(size == 0))
+
+
+def _square_check(by_attack):
+    """The reference's check that Square, a black-box attack, broke points the
+    gradient-based attacks before it left robust (a sign of gradient masking)."""
+    names = list(by_attack)
+    if "square" not in names or names.index("square") == 0:
+        return None
+    before = by_attack[names[names.index("square") - 1]]
+    drop = before - by_attack["square"]
+    if drop > _SQUARE_TOL:
+        return (f"Square, which uses no gradients, lowered the robust accuracy by "
+                f"{100 * drop:.2f} points after the gradient-based attacks: their gradients "
+                "may be masked and the evaluation unreliable; try Square with more queries "
+                "and restarts, or an adaptive attack")
+    return None
+
+
+def _say(line, verbose):
+    logging.info("%s", line)
+    if verbose in (1, 2):
+        print(line, flush=True)
+
+
+def _warn(sentence, verbose):
+    logging.warning("AutoAttack: %s", sentence)
+    if verbose in (1, 2):
+        print(f"warning: {sentence}", flush=True)
+    return sentence

@@ -1,0 +1,366 @@
+"""The counting rule (PGD.perturb) and the AutoAttack ensemble, against independent
+references: an analytic model whose attack path crosses a misclassified band, the
+per-example AND of the attacks run alone, and stub attacks that record what they see."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gacd_tf.attacks import ATTACKS, FGSM, PGD, AutoAttack
+from gacd_tf.errors import ConfigError
+from gacd_tf.evaluation import evaluate_robustness
+
+EPS = 8 / 255
+
+
+def tiny_cnn(seed=0, num_classes=4, softmax=False):
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((8, 8, 3)), keras.layers.Conv2D(6, 3, activation="tanh"),
+              keras.layers.Flatten(), keras.layers.Dense(num_classes)]
+    if softmax:
+        layers.append(keras.layers.Softmax())
+    return keras.Sequential(layers)
+
+
+def data(n=32, seed=1, num_classes=4):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, size=(n, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, num_classes, size=n).astype("int64")
+    return x, y
+
+
+def model_labels(model, x, flip=()):
+    """The model's own classes (all clean-correct), with the rows ``flip`` made wrong."""
+    y = np.argmax(model(x, training=False).numpy(), -1).astype("int64")
+    for i in flip:
+        y[i] = (y[i] + 1) % 4
+    return y
+
+
+def within(x_adv, x, eps=EPS):
+    return (np.abs(x_adv - x).reshape(len(x), -1).max(1) <= eps + 1e-6).all() \
+        and x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+# ---------------------------------------------------------------------------
+# The counting rule on PGD.
+
+class BandModel:
+    """Two classes; class 1 wins only while the image mean is within 1/255 of
+    ``centre``. Its ``features`` output is that mean, which the attack's
+    objective ascends, so every sign step adds exactly ``alpha`` to the mean."""
+
+    def __init__(self, centre):
+        self.centre = centre
+
+    def __call__(self, x, training=False):
+        s = tf.reduce_mean(x, axis=[1, 2, 3])
+        bump = 1.0 - tf.square((s - self.centre) * 255.0)
+        return {"logits": tf.stack([tf.zeros_like(s), bump], -1), "features": s}
+
+
+def mean_objective(outputs, target):
+    return outputs["features"]
+
+
+def test_an_example_broken_only_at_an_intermediate_iterate_is_not_robust():
+    alpha = 2 / 255
+    # Iterates of a row starting at 0.3: 0.3 + k * alpha, k = 0..4; only k = 2 is in the band.
+    model = BandModel(centre=0.3 + 2 * alpha)
+    x = np.stack([np.full((4, 4, 3), v, np.float32) for v in (0.3, 0.6, 0.3)])
+    y = np.array([0, 0, 1])  # row 2 is misclassified when clean
+    attack = PGD(eps=EPS, step_size=alpha, steps=4, random_start=False, objective=mean_objective)
+
+    last = attack(model, x, y).numpy()
+    np.testing.assert_allclose(last[:, 0, 0, 0], [0.3 + 4 * alpha, 0.6 + 4 * alpha, 0.3 + 4 * alpha],
+                               atol=1e-6)
+    assert np.all(np.argmax(model(last)["logits"].numpy(), -1) == [0, 0, 0])  # last iterate: fine
+
+    x_adv, robust = attack.perturb(model, x, y)
+    x_adv, robust = x_adv.numpy(), robust.numpy()
+    assert robust.tolist() == [False, True, False]
+    np.testing.assert_allclose(x_adv[0], 0.3 + 2 * alpha, atol=1e-6)  # the first bad iterate
+    np.testing.assert_allclose(x_adv[1], 0.6 + 4 * alpha, atol=1e-6)  # robust: highest objective
+    np.testing.assert_array_equal(x_adv[2], x[2])  # misclassified clean: the clean image
+
+    # The same counting inside tf.function with an unknown batch size.
+    fn = tf.function(lambda a, b: attack.perturb(model, a, b),
+                     input_signature=[tf.TensorSpec([None, 4, 4, 3]), tf.TensorSpec([None], tf.int64)])
+    assert fn(x, y)[1].numpy().tolist() == [False, True, False]
+
+    # evaluate_robustness counts with perturb: 1 of 3 robust, not the last iterate's 2 of 3.
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(2)
+    result = evaluate_robustness(model, ds, attack, verbose=0)
+    assert result["natural_accuracy"] == pytest.approx(2 / 3)
+    assert result["robust_accuracy"] == pytest.approx(1 / 3)
+
+
+def test_restarts_are_the_and_of_single_starts_with_the_same_draws():
+    model = tiny_cnn(seed=2)
+    x, _ = data(n=48, seed=3)
+    y = model_labels(model, x, flip=[0])
+    eps = EPS
+    single = PGD(eps=eps, step_size=1 / 255, steps=1, seed=7)
+    runs = [single.perturb(model, x, y) for _ in range(3)]  # the generator advances each time
+    flags = [r.numpy() for _, r in runs]
+    x_adv, robust = PGD(eps=eps, step_size=1 / 255, steps=1, seed=7, restarts=3).perturb(model, x, y)
+    expected = flags[0] & flags[1] & flags[2]
+    np.testing.assert_array_equal(robust.numpy(), expected)
+    assert flags[0].sum() > expected.sum(), "the test needs restarts that break more points"
+    assert not robust.numpy()[0]
+    # A broken row keeps the example of the first start that broke it.
+    for i in np.flatnonzero(~expected):
+        first = next(k for k in range(3) if not flags[k][i])
+        np.testing.assert_allclose(x_adv.numpy()[i], runs[first][0].numpy()[i], atol=1e-6)
+    assert within(x_adv.numpy(), x, eps)
+
+
+def test_pgd_settings_and_generators():
+    attack = PGD(restarts=2, seed=1)
+    assert attack.get_config()["restarts"] == 2
+    assert attack.seed_generators() == {"seed_generator": attack.seed_generator}
+    for bad in (0, 1.5, -1, True):
+        with pytest.raises(ConfigError, match="restarts"):
+            PGD(restarts=bad)
+
+
+# ---------------------------------------------------------------------------
+# Stub attacks for the ensemble.
+
+def row_ids(x):
+    """Each test image carries its row number in pixel (0, 0, 0) as id / 64."""
+    return tf.cast(tf.round(x[:, 0, 0, 0] * 64.0), tf.int64)
+
+
+def with_ids(x):
+    x = x.copy()
+    x[:, 0, 0, 0] = np.arange(len(x)) / 64.0
+    return x
+
+
+class BreakStub:
+    """Breaks the rows whose id is in ``breaks`` (x_adv = x shifted by eps/2 inside
+    the box) and records the ids it is given."""
+
+    def __init__(self, breaks, name="stub", shift=EPS / 2):
+        self.breaks = np.asarray(sorted(breaks), np.int64)
+        self.name = name
+        self.shift = shift
+        self.seen = []
+
+    def perturb(self, model, x, y):
+        ids = row_ids(x)
+
+        def record(values):
+            self.seen.append(values.copy())
+            return values
+
+        ids = tf.ensure_shape(tf.numpy_function(record, [ids], tf.int64, stateful=True), [None])
+        broken = tf.reduce_any(tf.equal(ids[:, None], self.breaks[None, :]), axis=1) \
+            if len(self.breaks) else tf.zeros_like(ids, tf.bool)
+        shifted = tf.clip_by_value(x + self.shift, 0.0, 1.0)
+        x_adv = tf.where(broken[:, None, None, None], shifted, x)
+        return x_adv, tf.logical_not(broken)
+
+    def seed_generators(self):
+        return {}
+
+    def get_config(self):
+        return {"attack": self.name}
+
+
+def test_the_ensemble_never_attacks_a_broken_point_again():
+    model = tiny_cnn()
+    x, _ = data(n=40)
+    x = with_ids(x)
+    y = model_labels(model, x, flip=[1, 2])  # clean-misclassified: never attacked
+    first = BreakStub({0, 3, 4, 5, 17}, "first")
+    second = BreakStub({6, 7, 3}, "second")
+    third = BreakStub(set(), "third")
+    aa = AutoAttack(attacks=[first, second, third], verbose=0)
+    result = aa.run(model, x, y, batch_size=16)
+
+    seen = [np.concatenate(s.seen) if s.seen else np.array([], np.int64)
+            for s in (first, second, third)]
+    everyone = set(range(40))
+    assert sorted(seen[0]) == sorted(everyone - {1, 2})
+    assert sorted(seen[1]) == sorted(everyone - {1, 2, 0, 3, 4, 5, 17})
+    assert sorted(seen[2]) == sorted(everyone - {1, 2, 0, 3, 4, 5, 17, 6, 7})
+    expected_robust = np.ones(40, bool)
+    expected_robust[[1, 2, 0, 3, 4, 5, 17, 6, 7]] = False
+    np.testing.assert_array_equal(result["robust"], expected_robust)
+    assert result["natural_accuracy"] == pytest.approx(38 / 40)
+    assert list(result["robust_accuracy_by_attack"]) == ["first", "second", "third"]
+    assert list(result["robust_accuracy_by_attack"].values()) == pytest.approx(
+        [33 / 40, 31 / 40, 31 / 40])
+    assert result["robust_accuracy"] == pytest.approx(31 / 40)
+    # Each broken point keeps its first adversarial example; the rest keep the clean image.
+    np.testing.assert_allclose(result["x_adv"][[0, 6]], np.clip(x[[0, 6]] + EPS / 2, 0, 1),
+                               atol=1e-7)
+    np.testing.assert_array_equal(result["x_adv"][expected_robust], x[expected_robust])
+    np.testing.assert_array_equal(result["x_adv"][[1, 2]], x[[1, 2]])
+    np.testing.assert_array_equal(result["labels"], y)
+    assert json.dumps({k: v for k, v in result.items() if not isinstance(v, np.ndarray)})
+
+
+def test_an_attack_that_leaves_the_ball_is_not_counted():
+    model = tiny_cnn()
+    x, _ = data(n=8)
+    x = with_ids(x)
+    y = model_labels(model, x)
+    cheat = BreakStub({0, 1}, "cheat", shift=2 * EPS)
+    result = AutoAttack(attacks=[cheat], verbose=0, checks=False).run(model, x, y)
+    assert result["robust"].all()
+    assert any("outside" in w for w in result["warnings"])
+
+
+def test_final_flags_are_the_and_of_the_attacks_run_alone():
+    model = tiny_cnn(seed=3)
+    x, _ = data(n=64, seed=4)
+    y = model_labels(model, x, flip=[5, 9])
+    attacks = [FGSM(eps=2 / 255), PGD(eps=4 / 255, step_size=1 / 255, steps=3, random_start=False),
+               PGD(eps=EPS, step_size=2 / 255, steps=4, random_start=False)]
+    alone = [a.perturb(model, x, y) for a in attacks]
+    flags = np.stack([r.numpy() for _, r in alone])
+    result = AutoAttack(attacks=attacks, verbose=0).run(model, x, y, batch_size=24)
+    assert list(result["robust_accuracy_by_attack"]) == ["fgsm", "pgd", "pgd_2"]
+    np.testing.assert_array_equal(result["robust"], flags.all(0))
+    cumulative = np.logical_and.accumulate(flags, axis=0).mean(1)
+    assert list(result["robust_accuracy_by_attack"].values()) == pytest.approx(cumulative)
+    assert 0 < result["robust_accuracy"] < flags[0].mean() < result["natural_accuracy"]
+    for i in np.flatnonzero(~result["robust"] & result["clean_correct"]):
+        k = int(np.argmin(flags[:, i]))  # the first attack that broke row i
+        np.testing.assert_allclose(result["x_adv"][i], alone[k][0].numpy()[i], atol=1e-5)
+    assert np.all(result["predictions"][~result["robust"]] != y[~result["robust"]])
+
+    # The batch interface gives the same flags, eagerly and inside tf.function.
+    aa = AutoAttack(attacks=attacks, verbose=0)
+    np.testing.assert_array_equal(aa.perturb(model, x, y)[1].numpy(), flags.all(0))
+    fn = tf.function(lambda a, b: aa.perturb(model, a, b), reduce_retracing=True)
+    x_adv, robust = fn(tf.constant(x[:40]), tf.constant(y[:40]))
+    np.testing.assert_array_equal(robust.numpy(), flags.all(0)[:40])
+    assert within(x_adv.numpy(), x[:40])
+
+
+@pytest.mark.parametrize("names, settings", [
+    (["pgd", "square"], {"pgd": {"steps": 3}, "square": {"n_queries": 50}}),
+])
+def test_real_attacks_stay_in_the_ball_and_accuracy_only_falls(names, settings):
+    if not set(names) <= set(ATTACKS.names()):
+        pytest.skip(f"{names} are not all registered yet")
+    model = tiny_cnn(seed=5)
+    x, _ = data(n=32, seed=6)
+    y = model_labels(model, x, flip=[0, 1, 2])
+    aa = AutoAttack(attacks=names, attack_settings=settings, verbose=0, seed=3)
+    result = aa.run(model, x, y, batch_size=12)
+    values = [result["natural_accuracy"], *result["robust_accuracy_by_attack"].values()]
+    assert values == sorted(values, reverse=True)
+    assert result["robust_accuracy"] == values[-1] == result["robust"].mean()
+    assert result["robust_accuracy"] < result["natural_accuracy"]
+    assert not result["robust"][[0, 1, 2]].any()
+    assert within(result["x_adv"], x)
+    assert result["attack"]["seed"] == 3 and result["attack"]["attacks"] == names
+    assert result["attack"]["settings"]["square"]["n_queries"] == 50
+    # Same model, examples and seed: the same result (generators restart from the seed).
+    again = aa.run(model, x, y, batch_size=12)
+    np.testing.assert_array_equal(again["robust"], result["robust"])
+    np.testing.assert_array_equal(again["x_adv"], result["x_adv"])
+
+
+def test_the_version_settings_follow_the_reference():
+    needed = {"apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab"}
+    if not needed <= set(ATTACKS.names()):
+        pytest.skip("APGD, FAB and Square are not all registered yet")
+    aa = AutoAttack(version="standard")
+    assert list(aa.attacks) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    config = aa.get_config()["settings"]
+    assert config["apgd-t"]["n_target_classes"] == 9 and config["fab-t"]["n_target_classes"] == 9
+    assert config["square"]["n_queries"] == 5000
+    plus = AutoAttack(version="plus")
+    assert list(plus.attacks) == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
+    assert plus.get_config()["settings"]["apgd-ce"]["n_restarts"] == 5
+    rand = AutoAttack(version="rand")
+    assert list(rand.attacks) == ["apgd-ce", "apgd-dlr"]
+
+
+def test_bad_settings_are_refused_naming_the_argument():
+    with pytest.raises(ConfigError, match="version"):
+        AutoAttack(version="nope")
+    with pytest.raises(ConfigError, match="'nope' is unknown; choose from"):
+        AutoAttack(attacks=["pgd", "nope"])
+    with pytest.raises(ConfigError, match="autoattack"):
+        AutoAttack(attacks=["autoattack"])
+    with pytest.raises(ConfigError, match="does not take"):
+        AutoAttack(attacks=["pgd"], attack_settings={"pgd": {"n_queries": 5}})
+    with pytest.raises(ConfigError, match="not in the attacks run"):
+        AutoAttack(attacks=["pgd"], attack_settings={"fgsm": {}})
+    with pytest.raises(ConfigError, match="norm"):
+        AutoAttack(norm="l1")
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        AutoAttack(attacks=["fgsm"], verbose=0).run(tiny_cnn(), np.full((2, 8, 8, 3), 2.0),
+                                                     np.zeros(2))
+
+
+# ---------------------------------------------------------------------------
+# The reference's sanity checks.
+
+class Quantised(keras.layers.Layer):
+    """Rounds pixels to 4 levels: no gradient flows through (masked gradients)."""
+
+    def call(self, x):
+        return tf.stop_gradient(tf.round(x * 3.0) / 3.0)
+
+
+class Noisy(keras.layers.Layer):
+    """Adds fresh noise at every call, in inference too (a randomised defence)."""
+
+    def call(self, x):
+        return x + tf.random.normal(tf.shape(x), stddev=0.05)
+
+
+def sanity_model(kind):
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input((8, 8, 3))]
+    if kind == "zero_gradients":
+        layers.append(Quantised())
+    if kind == "randomised":
+        layers.append(Noisy())
+    layers += [keras.layers.Flatten(), keras.layers.Dense(4)]
+    if kind == "probabilities":
+        layers.append(keras.layers.Softmax())
+    return keras.Sequential(layers)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("probabilities", "look like probabilities"),
+    ("zero_gradients", "zero input gradient"),
+    ("randomised", "not deterministic"),
+    ("plain", None),
+])
+def test_sanity_warnings(kind, words, capsys):
+    model = sanity_model(kind)
+    x, y = data(n=12)
+    result = AutoAttack(attacks=["fgsm"], verbose=2).run(model, x, y, batch_size=8)
+    out = capsys.readouterr().out
+    assert "robust accuracy after fgsm: " in out
+    if words is None:
+        assert result["warnings"] == []
+    else:
+        assert len(result["warnings"]) == 1 and words in result["warnings"][0], result["warnings"]
+        assert f"warning: {result['warnings'][0]}" in out
+
+
+def test_square_breaking_what_the_gradient_attacks_left_is_a_warning():
+    model = tiny_cnn()
+    x, _ = data(n=20)
+    x = with_ids(x)
+    y = model_labels(model, x)
+    attacks = [BreakStub({0}, "apgd-ce"), BreakStub({1, 2}, "square")]
+    result = AutoAttack(attacks=attacks, verbose=0).run(model, x, y)
+    assert [w for w in result["warnings"] if "Square" in w]
+    quiet = AutoAttack(attacks=[BreakStub({0, 1, 2}, "apgd-ce"), BreakStub(set(), "square")],
+                       verbose=0).run(model, x, y)
+    assert quiet["warnings"] == []
