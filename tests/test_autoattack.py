@@ -364,3 +364,109 @@ def test_square_breaking_what_the_gradient_attacks_left_is_a_warning():
     quiet = AutoAttack(attacks=[BreakStub({0, 1, 2}, "apgd-ce"), BreakStub(set(), "square")],
                        verbose=0).run(model, x, y)
     assert quiet["warnings"] == []
+
+
+# ---------------------------------------------------------------------------
+# gacd-evaluate --attack=autoattack, and SavedModels.
+
+def tiny_cifar_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((32, 32, 3)),
+                             keras.layers.Conv2D(4, 3, strides=2, activation="relu"),
+                             keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from program_helpers import write_tiny_cifar10
+
+    root = tmp_path_factory.mktemp("aa_program")
+    write_tiny_cifar10(root / "data", train=10, test=20)
+    model = tiny_cifar_model()
+    model.save(root / "model.keras")
+    return root, model
+
+
+def ensemble_for_program():
+    """Short attacks of the registry for the program tests (APGD-CE when it exists)."""
+    return "apgd-ce" if "apgd-ce" in ATTACKS.names() else "pgd,fgsm"
+
+
+def test_evaluate_program_runs_autoattack_and_writes_json_and_npz(tiny_run):
+    from program_helpers import run_program
+
+    root, model = tiny_run
+    out, npz = root / "out" / "aa.json", root / "out" / "aa.npz"
+    names = ensemble_for_program()
+    result = run_program("evaluate", f"--model={root / 'model.keras'}",
+                         f"--data_dir={root / 'data'}", "--attack=autoattack",
+                         f"--aa_attacks={names}", "--aa_seed=3", "--attack_steps=2",
+                         "--test_examples=10", "--batch_size=4", f"--output={out}",
+                         f"--save_adversarial={npz}", "--verbose=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(out.read_text())
+    assert {"natural_accuracy", "robust_accuracy", "num_examples", "attack", "seconds",
+            "robust_accuracy_by_attack", "warnings"} <= set(metrics)
+    assert metrics["num_examples"] == 10 and metrics["attack"]["attack"] == "autoattack"
+    assert metrics["attack"]["seed"] == 3
+    by_attack = metrics["robust_accuracy_by_attack"]
+    assert list(by_attack) == names.split(",")
+    assert list(by_attack.values())[-1] == metrics["robust_accuracy"]
+    assert metrics["robust_accuracy"] <= metrics["natural_accuracy"]
+    for name, value in by_attack.items():
+        assert f"robust accuracy after {name}: {100 * value:.2f} %" in result.stdout
+    saved = np.load(npz)
+    assert saved["x_adv"].shape == (10, 32, 32, 3) and saved["robust"].dtype == bool
+    assert saved["robust"].mean() == pytest.approx(metrics["robust_accuracy"])
+    assert saved["clean_correct"].mean() == pytest.approx(metrics["natural_accuracy"])
+    # The labels are the test subset's: the model's clean classes reproduce clean_correct.
+    clean = saved["x_adv"].copy()
+    robust_rows = saved["robust"] | ~saved["clean_correct"]
+    predictions = np.argmax(model(clean[robust_rows]).numpy(), -1)
+    np.testing.assert_array_equal(predictions == saved["labels"][robust_rows],
+                                  saved["clean_correct"][robust_rows])
+
+
+@pytest.mark.slow
+def test_evaluate_program_pgd_restarts(tiny_run):
+    from program_helpers import run_program
+
+    root, _ = tiny_run
+    out = root / "pgd.json"
+    result = run_program("evaluate", f"--model={root / 'model.keras'}",
+                         f"--data_dir={root / 'data'}", "--restarts=2", "--attack_steps=1",
+                         "--test_examples=10", f"--output={out}", "--verbose=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(out.read_text())
+    assert metrics["attack"]["restarts"] == 2
+    assert metrics["robust_accuracy_by_attack"] == {"pgd": metrics["robust_accuracy"]}
+
+
+def test_evaluate_program_refuses_unknown_aa_attacks(tiny_run):
+    from program_helpers import run_program
+
+    root, _ = tiny_run
+    result = run_program("evaluate", f"--model={root / 'model.keras'}",
+                         f"--data_dir={root / 'data'}", "--attack=autoattack",
+                         "--aa_attacks=pgd,nope", "--verbose=0")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--aa_attacks" in errors[0] and "nope" in errors[0], result.stderr
+    assert "fgsm" in errors[0]  # the valid names
+
+
+def test_autoattack_through_a_saved_model_equals_the_keras_figures(tmp_path):
+    from gacd_tf.serving import export_saved_model, load_saved_model
+
+    model = tiny_cifar_model(seed=1)
+    served = load_saved_model(export_saved_model(model, tmp_path / "exports" / "tiny"))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (12, 32, 32, 3)).astype("float32")
+    y = np.argmax(model(x).numpy(), -1)
+    y[:3] = (y[:3] + 1) % 10
+    aa = AutoAttack(attacks=["fgsm", "pgd"], attack_settings={"pgd": {"steps": 2}}, verbose=0)
+    from_keras = aa.run(model, x, y, batch_size=5)
+    from_saved = aa.run(served, x, y, batch_size=5)
+    np.testing.assert_array_equal(from_saved["robust"], from_keras["robust"])
+    assert from_saved["robust_accuracy_by_attack"] == from_keras["robust_accuracy_by_attack"]
+    assert from_keras["robust_accuracy"] < from_keras["natural_accuracy"] == 0.75

@@ -94,8 +94,9 @@ class AutoAttack:
         seed: int seed of every attack's random draws (recorded in the result);
             :meth:`run` starts every attack's generator from it, so the same
             model, examples, batch size and seed give the same numbers.
-        verbose: 0 silent (the per-attack lines still go to the log), 1 a
-            progress bar and one printed line per attack, 2 the lines only.
+        verbose: 0 silent (the per-attack lines and warnings go to the absl
+            log), 1 a progress bar and one printed line per attack, 2 the
+            lines only (warnings are printed as "warning: ..." lines).
         attack_settings: dict attack name -> constructor arguments that
             override the version's (e.g. ``{"apgd-ce": {"n_iter": 10}}``).
         checks: run the reference's sanity checks (warnings in the result).
@@ -499,13 +500,17 @@ def _square_check(by_attack):
 
 
 def _say(line, verbose):
-    logging.info("%s", line)
+    """Prints ``line`` (verbose 1, 2), else logs it."""
     if verbose in (1, 2):
         print(line, flush=True)
+    else:
+        logging.info("AutoAttack: %s", line)
 
 
 def _warn(sentence, verbose):
-    logging.warning("AutoAttack: %s", sentence)
+    """Prints the warning (verbose 1, 2), else logs it; returns the sentence."""
     if verbose in (1, 2):
         print(f"warning: {sentence}", flush=True)
+    else:
+        logging.warning("AutoAttack: %s", sentence)
     return sentence

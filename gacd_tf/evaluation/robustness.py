@@ -3,13 +3,14 @@
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from gacd_tf.attacks import as_outputs
 from gacd_tf.trainers.common import unpack_batch
 
 
-def evaluate_robustness(model, dataset, attack, verbose=1):
+def evaluate_robustness(model, dataset, attack, verbose=1, return_examples=False):
     """Natural and robust accuracy of ``model`` on every example of ``dataset``.
 
     Robustness follows SPEC "Counting": each batch is attacked with
@@ -30,18 +31,24 @@ def evaluate_robustness(model, dataset, attack, verbose=1):
         dataset: ``tf.data.Dataset`` of ``(image, label[, index])`` batches.
         attack: e.g. ``PGD(steps=20)``; ``None`` measures natural accuracy only.
         verbose: 1 shows a progress bar.
+        return_examples: also return NumPy arrays ``x_adv`` (the adversarial
+            examples), ``robust`` and ``clean_correct`` (bool per example) and
+            ``labels``, in dataset order.
 
     Returns:
         dict with ``natural_accuracy``, ``robust_accuracy`` (None without an
         attack), ``num_examples``, ``attack`` (the attack's settings) and
-        ``seconds``.
+        ``seconds`` (AutoAttack adds ``robust_accuracy_by_attack``,
+        ``seconds_by_attack`` and ``warnings``), plus the arrays above with
+        ``return_examples``.
 
     Example:
     >>> evaluate_robustness(model, make_dataset(test, 256, training=False),
     ...                     PGD(steps=20))  # doctest: +SKIP
     """
     if attack is not None and callable(getattr(attack, "run_ensemble", None)):
-        return attack.run_ensemble(model, dataset, verbose=verbose)
+        return attack.run_ensemble(model, dataset, verbose=verbose,
+                                   return_examples=return_examples)
 
     def logits_of(x):
         return as_outputs(model(x, training=False))["logits"]
@@ -52,22 +59,28 @@ def evaluate_robustness(model, dataset, attack, verbose=1):
         correct = tf.equal(tf.argmax(logits_of(x), -1), y)
         nat = tf.reduce_sum(tf.cast(correct, tf.int64))
         if attack is None:
-            return nat, tf.constant(0, tf.int64)
+            return nat, tf.constant(0, tf.int64), x, correct, correct
         if callable(getattr(attack, "perturb", None)):
-            _, robust = attack.perturb(model, x, y)
+            x_adv, robust = attack.perturb(model, x, y)
         else:
-            robust = tf.equal(tf.argmax(logits_of(attack(model, x, y)), -1), y)
-        adv = tf.reduce_sum(tf.cast(tf.logical_and(correct, robust), tf.int64))
-        return nat, adv
+            x_adv = attack(model, x, y)
+            robust = tf.equal(tf.argmax(logits_of(x_adv), -1), y)
+        robust = tf.logical_and(correct, robust)
+        adv = tf.reduce_sum(tf.cast(robust, tf.int64))
+        return nat, adv, x_adv, robust, correct
 
     cardinality = int(dataset.cardinality())
     progbar = keras.utils.Progbar(cardinality if cardinality > 0 else None, verbose=verbose,
                                   stateful_metrics=["nat_acc", "adv_acc"])
     total = natural = robust = 0
+    examples = {"x_adv": [], "robust": [], "clean_correct": [], "labels": []}
     start = time.time()
     for step, batch in enumerate(dataset):
         x, y, _ = unpack_batch(batch)
-        nat, adv = batch_counts(x, y)
+        nat, adv, x_adv, robust_rows, correct_rows = batch_counts(x, y)
+        if return_examples:
+            for key, value in zip(examples, (x_adv, robust_rows, correct_rows, y)):
+                examples[key].append(np.asarray(value))
         total += int(x.shape[0])
         natural += int(nat)
         robust += int(adv)
@@ -84,4 +97,7 @@ def evaluate_robustness(model, dataset, attack, verbose=1):
         "attack": attack.get_config() if attack is not None else None,
         "seconds": round(time.time() - start, 2),
     }
+    if return_examples:
+        result.update({key: np.concatenate(parts) for key, parts in examples.items()})
+        result["x_adv"] = result["x_adv"].astype(np.float32)
     return result

@@ -3,14 +3,25 @@
 ``--attack`` takes any name of the attack registry (``gacd_tf.attacks.ATTACKS``),
 so a new attack is a new file plus one registry line: no list here to edit.
 :func:`eval_attack_from_flags` passes each attack only the flags its
-constructor takes.
+constructor takes. ``--attack=autoattack`` is the AutoAttack ensemble
+(``--aa_version``, ``--aa_attacks``, ``--aa_seed``); training programs add a
+final AutoAttack evaluation with :func:`define_final_autoattack_flags` and
+:func:`final_autoattack`.
 """
 
 import inspect
 
-from absl import flags
+from absl import flags, logging
 
-from gacd_tf.programs.common import FLAGS, DEFINE_enum, DEFINE_float, DEFINE_integer
+from gacd_tf.programs.common import (
+    FLAGS,
+    DEFINE_enum,
+    DEFINE_float,
+    DEFINE_integer,
+    DEFINE_list,
+)
+
+AA_VERSIONS = ("standard", "plus", "rand")
 
 
 def attack_names():
@@ -28,7 +39,30 @@ def define_attack_flags():
     DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat-model norm.")
     flags.register_validator(
         "step_size", lambda v: v > 0, message="--step_size must be > 0")
+    DEFINE_integer("restarts", 1, "Evaluation PGD random starts; an example is robust only if "
+                   "no iterate of any start is misclassified.", lower_bound=1)
+    DEFINE_enum("aa_version", "standard", list(AA_VERSIONS), "--attack=autoattack: standard "
+                "(APGD-CE, APGD-T, FAB-T, Square), plus (more attacks and restarts) or rand "
+                "(APGD with EOT, for randomised models), as in the reference AutoAttack.")
+    DEFINE_list("aa_attacks", [], "--attack=autoattack: run these attacks in this order "
+                "instead of the version's (e.g. apgd-ce,apgd-t,fab-t,square); empty: the "
+                "version's list.")
+    DEFINE_integer("aa_seed", 0, "--attack=autoattack: seed of every attack's random draws "
+                   "(recorded in the results).")
+    flags.register_validator("aa_attacks", _check_aa_attacks)
     check_one_step_fits("step_size", "attack_steps", attack_flag="attack")
+
+
+def _check_aa_attacks(names):
+    from gacd_tf.attacks.autoattack import ensemble_attack_names
+
+    valid = ensemble_attack_names()
+    unknown = [name for name in names if name not in valid]
+    if unknown:
+        raise flags.ValidationError(
+            f"--aa_attacks has unknown attack(s) {', '.join(unknown)}; choose from "
+            f"{', '.join(valid)}")
+    return True
 
 
 def check_one_step_fits(step_flag, steps_flag, default_flag=None, attack_flag=None):
@@ -59,7 +93,11 @@ def check_one_step_fits(step_flag, steps_flag, default_flag=None, attack_flag=No
 
 # Constructor argument -> the flag that sets it, for every attack that takes it.
 ATTACK_ARGUMENT_FLAGS = {"eps": "eps", "norm": "norm", "seed": "seed",
-                         "step_size": "step_size", "steps": "attack_steps"}
+                         "step_size": "step_size", "steps": "attack_steps",
+                         "restarts": "restarts"}
+# What differs for one attack (the ensemble has its own seed flag).
+ATTACK_ARGUMENT_FLAGS_OF = {"autoattack": {"seed": "aa_seed", "version": "aa_version",
+                                           "attacks": "aa_attacks"}}
 
 
 def eval_attack_from_flags():
@@ -68,6 +106,86 @@ def eval_attack_from_flags():
 
     cls = ATTACKS.get(FLAGS.attack)
     accepted = inspect.signature(cls).parameters
-    kwargs = {arg: FLAGS[flag].value for arg, flag in ATTACK_ARGUMENT_FLAGS.items()
+    arguments = dict(ATTACK_ARGUMENT_FLAGS, **ATTACK_ARGUMENT_FLAGS_OF.get(FLAGS.attack, {}))
+    kwargs = {arg: FLAGS[flag].value for arg, flag in arguments.items()
               if arg in accepted and flag in FLAGS}
+    if FLAGS.attack == "autoattack":
+        kwargs["attacks"] = list(kwargs.get("attacks") or []) or None
+        if "pgd" in (kwargs["attacks"] or []):  # PGD in the ensemble: the PGD flags
+            kwargs["attack_settings"] = {"pgd": {
+                "steps": FLAGS.attack_steps, "step_size": FLAGS.step_size,
+                "restarts": FLAGS.restarts}}
     return cls(**kwargs)
+
+
+# The per-example arrays of an evaluation result (evaluate_robustness's return_examples).
+EXAMPLE_ARRAYS = ("x_adv", "robust", "clean_correct", "labels", "predictions")
+
+
+def save_adversarial(path, result):
+    """Writes an evaluation's adversarial examples and per-example flags to ``path`` (.npz)."""
+    import os
+
+    import numpy as np
+
+    arrays = {key: result[key] for key in EXAMPLE_ARRAYS if key in result}
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
+    with open(tmp, "wb") as f:  # a file object: np.savez adds no second ".npz"
+        np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)
+    print(f"wrote {len(arrays['labels'])} adversarial examples and flags to {path}")
+
+
+def define_final_autoattack_flags():
+    """``--final_autoattack_examples``: AutoAttack in a training program's final evaluation."""
+    DEFINE_integer("final_autoattack_examples", 0, "After training, also evaluate the final "
+                   "model with AutoAttack (version standard, --eps, --norm, --aa_seed) on a "
+                   "deterministic class-balanced subset of this many test examples, recorded "
+                   "under 'autoattack' in metrics.json beside the PGD figures (0: off; the "
+                   "whole test split when larger).", lower_bound=0)
+
+
+def final_autoattack(model, dataset_name, data_dir, batch_size, classes=None, verbose=2):
+    """AutoAttack (standard) of ``model`` on ``--final_autoattack_examples`` test examples.
+
+    Args:
+        model: the trained classifier (or probe), ``model(x, training=False)``.
+        dataset_name: the dataset of the test split (e.g. "cifar10").
+        data_dir: its folder (None: tensorflow-datasets).
+        batch_size: points per attack call.
+        classes: the transfer task's classes (relabelled 0..k-1), or None.
+        verbose: 0 silent, 1 progress bars and lines, 2 one line per attack.
+
+    Returns:
+        None when the flag is 0 (or absent); else a JSON-able dict with
+        ``natural_accuracy``, ``robust_accuracy``, ``robust_accuracy_by_attack``,
+        ``num_examples``, ``seconds``, ``seconds_by_attack``, ``warnings`` and
+        ``attack`` (settings and seed).
+    """
+    if "final_autoattack_examples" not in FLAGS or not FLAGS.final_autoattack_examples:
+        return None
+    from gacd_tf.attacks import AutoAttack
+    from gacd_tf.attacks.autoattack import json_result
+    from gacd_tf.data import balanced_subset_indices, load_split
+    from gacd_tf.errors import DataError
+
+    wanted = FLAGS.final_autoattack_examples
+    test = load_split(dataset_name, "test", data_dir, classes=classes)
+    if wanted < len(test.labels):
+        try:
+            keep = balanced_subset_indices(test.labels, wanted, test.info.num_classes)
+        except DataError as err:
+            raise DataError(f"--final_autoattack_examples={wanted}: {err}") from None
+        images, labels = test.images[keep], test.labels[keep]
+    else:
+        images, labels = test.images, test.labels
+    seed = FLAGS.aa_seed if "aa_seed" in FLAGS else FLAGS.seed
+    attack = AutoAttack(version="standard", eps=FLAGS.eps, norm=FLAGS.norm, seed=seed,
+                        verbose=verbose)
+    logging.info("AutoAttack of the final model on %d test examples", len(labels))
+    result = json_result(attack.run(model, images, labels, batch_size=batch_size))
+    print(f"autoattack: natural_accuracy={result['natural_accuracy']:.4f} "
+          f"robust_accuracy={result['robust_accuracy']:.4f} ({result['num_examples']} test "
+          "examples)", flush=True)
+    return result

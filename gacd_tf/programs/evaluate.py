@@ -4,6 +4,13 @@ Example:
     gacd-evaluate --model=runs/quickstart/model.keras --dataset=cifar10 \
         --attack=pgd --attack_steps=20 --output=eval.json
     gacd-evaluate --model=exports/quickstart/1 --dataset=cifar10  # a SavedModel
+    gacd-evaluate --model=runs/quickstart/model.keras --attack=autoattack \
+        --test_examples=1000 --output=aa.json --save_adversarial=aa.npz
+
+With --attack=autoattack it prints one line per attack ("robust accuracy after
+apgd-t: 21.50 %") and the reference's sanity warnings; the --output JSON adds
+robust_accuracy_by_attack (attack -> robust accuracy after it, in run order)
+and warnings.
 """
 
 import os
@@ -24,6 +31,9 @@ def define_flags():
                           "highest version.")
     common.define_load_flags()
     common.DEFINE_string("output", None, "Write the results to this JSON file.")
+    common.DEFINE_string("save_adversarial", None, "Write the adversarial examples (x_adv, "
+                         "float32 in [0,1]), the per-example flags (robust, clean_correct) and "
+                         "the labels to this .npz file.")
     common.DEFINE_integer("verbose", 1, "Progress bar (1) or not (0).")
     flags.mark_flag_as_required("model")
 
@@ -38,11 +48,21 @@ def main(argv):
     model = common.load_model_from_flags(FLAGS.model, "--model", saved_model=True)
     test = load_split(FLAGS.dataset, "test", FLAGS.data_dir, FLAGS.test_examples)
     check_model_fits(model, test.info, source=FLAGS.model)
-    if FLAGS.output:
-        common.prepare_output_dir(os.path.dirname(os.path.abspath(FLAGS.output)),
-                                  "the folder of --output")
+    for flag in ("output", "save_adversarial"):
+        if FLAGS[flag].value:
+            common.prepare_output_dir(os.path.dirname(os.path.abspath(FLAGS[flag].value)),
+                                      f"the folder of --{flag}")
+    attack = attack_flags.eval_attack_from_flags()
+    # AutoAttack prints its per-attack lines even without progress bars.
+    verbose = FLAGS.verbose or (2 if FLAGS.attack == "autoattack" else 0)
     result = evaluate_robustness(model, make_dataset(test, FLAGS.batch_size, training=False),
-                                 attack_flags.eval_attack_from_flags(), verbose=FLAGS.verbose)
+                                 attack, verbose=verbose,
+                                 return_examples=bool(FLAGS.save_adversarial))
+    if FLAGS.save_adversarial:
+        attack_flags.save_adversarial(FLAGS.save_adversarial, result)
+    result = {k: v for k, v in result.items() if k not in attack_flags.EXAMPLE_ARRAYS}
+    result.setdefault("robust_accuracy_by_attack", {FLAGS.attack: result["robust_accuracy"]})
+    result.setdefault("warnings", [])
     result.update(dataset=test.info.name, split="test", model=FLAGS.model)
     common.print_result(result)
     if FLAGS.output:
