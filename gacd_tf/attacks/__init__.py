@@ -15,10 +15,15 @@ from gacd_tf.attacks.objectives import (
 )
 from gacd_tf.attacks.ot_objective import OptimalTransport
 from gacd_tf.attacks.pgd import ATTACKS, FGSM, PGD, build_attack
+from gacd_tf.attacks.dlr import DLR, TargetedDLR, dlr_loss, targeted_dlr_loss
+from gacd_tf.attacks.apgd import APGD, apgd_checkpoints, halving_decision
+from gacd_tf.attacks.apgd_targeted import APGDTargeted
 from gacd_tf.attacks.autoattack import AutoAttack
 
 __all__ = [
     "ATTACKS", "FGSM", "PGD", "build_attack", "NORMS", "L2Norm", "LinfNorm", "get_norm",
+    "APGD", "APGDTargeted", "apgd_checkpoints", "halving_decision",
+    "DLR", "TargetedDLR", "dlr_loss", "targeted_dlr_loss",
     "OBJECTIVES", "CrossEntropy", "KLDivergence", "Objective", "OptimalTransport", "as_outputs",
     "get_objective", "AutoAttack",
 ]
