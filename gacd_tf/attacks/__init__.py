@@ -19,6 +19,8 @@ from gacd_tf.attacks.dlr import DLR, TargetedDLR, dlr_loss, targeted_dlr_loss
 from gacd_tf.attacks.apgd import APGD, apgd_checkpoints, halving_decision
 from gacd_tf.attacks.apgd_targeted import APGDTargeted
 from gacd_tf.attacks.autoattack import AutoAttack
+from gacd_tf.attacks.fab import FAB, FABTargeted, projection_linf
+from gacd_tf.attacks.square import Square
 
 __all__ = [
     "ATTACKS", "FGSM", "PGD", "build_attack", "NORMS", "L2Norm", "LinfNorm", "get_norm",
@@ -26,4 +28,6 @@ __all__ = [
     "DLR", "TargetedDLR", "dlr_loss", "targeted_dlr_loss",
     "OBJECTIVES", "CrossEntropy", "KLDivergence", "Objective", "OptimalTransport", "as_outputs",
     "get_objective", "AutoAttack",
+    "FAB", "FABTargeted", "projection_linf",
+    "Square",
 ]

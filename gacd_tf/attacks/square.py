@@ -1,0 +1,200 @@
+"""Square Attack, l_inf: the score-based black-box attack of AutoAttack.
+
+Square needs only the model's logits, never a gradient, so it is immune to
+gradient masking; AutoAttack runs it last and warns when it breaks points the
+white-box attacks could not.
+"""
+
+import math
+import numbers
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from gacd_tf.attacks.objectives import as_outputs
+from gacd_tf.attacks.pgd import ATTACKS
+from gacd_tf.errors import ConfigError
+
+# Reference schedule (for 10,000 queries): p is halved after each of these.
+_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def square_sizes(n_queries, p_init, height, width, channels):
+    """Side of the square tried at each query, as the reference schedules it.
+
+    The fraction ``p`` of pixels changed starts at ``p_init`` and halves after
+    the (rescaled) query counts 10, 50, 200, 500, 1000, 2000, 4000, 6000 and
+    8000 of a 10,000-query budget; the side is
+    ``round(sqrt(p * height * width))``, at least 1, at most the image side.
+
+    Returns:
+        int32 NumPy array ``[n_queries]``.
+    """
+    n_features = height * width * channels
+    sizes = np.empty([n_queries], np.int32)
+    for i in range(n_queries):
+        it = int(i / n_queries * 10000)
+        p = p_init / 2 ** sum(it > h for h in _HALVINGS)
+        side = max(round(math.sqrt(p * n_features / channels)), 1)
+        sizes[i] = min(side, height, width)
+    return sizes
+
+
+def _logits(model, x):
+    return tf.cast(as_outputs(model(x, training=False))["logits"], tf.float32)
+
+
+def _margin(logits, y):
+    """``z_y - max_{i != y} z_i`` per row (<= 0 means misclassified)."""
+    true = tf.gather(logits, y, batch_dims=1)
+    others = tf.where(tf.one_hot(y, tf.shape(logits)[1]) > 0, -np.inf, logits)
+    return true - tf.reduce_max(others, axis=1)
+
+
+@ATTACKS.register("square")
+class Square:
+    """Square Attack, l_inf, margin loss (AutoAttack's "square").
+
+    Starts from vertical stripes (each column and channel moved by ``+-eps``),
+    then each query changes one random ``s x s`` square: every channel of the
+    square is set to ``x +- eps`` (a random sign per channel). The new point
+    is kept when it lowers the margin ``z_y - max_{i != y} z_i`` or is
+    misclassified. Square size follows :func:`square_sizes`. As in the
+    reference, a query draws one square position and one sign per channel for
+    the whole batch, so an example's result does not depend on the batch it
+    is in. Only clean-correct, not yet broken points are updated; the loop
+    stops early when every point is broken. No gradients are computed.
+
+    Args:
+        eps: l_inf budget.
+        norm: "linf" (the only norm implemented).
+        seed: int seed of the random draws (``keras.random.SeedGenerator``).
+        n_queries: queries per restart (5000 in AutoAttack), after the
+            starting point's.
+        p_init: initial fraction of pixels in the square (0.8).
+        n_restarts: runs, each on the points no earlier run broke.
+
+    Example:
+    >>> attack = Square(eps=8 / 255, n_queries=5000, seed=0)
+    >>> x_adv, robust = attack.perturb(model, images, labels)  # doctest: +SKIP
+
+    Reference:
+        Andriushchenko, Croce, Flammarion & Hein, "Square Attack: a
+        query-efficient black-box adversarial attack via random search",
+        ECCV 2020; fra31/auto-attack, autoattack/square.py.
+    """
+
+    name = "square"
+
+    def __init__(self, eps=8 / 255, norm="linf", seed=None, n_queries=5000, p_init=0.8, n_restarts=1):
+        def number(value):
+            return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+        if not number(eps) or eps < 0:
+            raise ConfigError(f"square attack eps must be a number >= 0, got {eps!r}")
+        if norm != "linf":
+            raise ConfigError(f"square attack norm must be 'linf' (the only one implemented), got {norm!r}")
+        for arg, value in (("n_queries", n_queries), ("n_restarts", n_restarts)):
+            if not number(value) or int(value) != value or value < 1:
+                raise ConfigError(f"square attack {arg} must be a whole number >= 1, got {value!r}")
+        if not number(p_init) or not 0 < p_init <= 1:
+            raise ConfigError(f"square attack p_init must be in (0, 1], got {p_init!r}")
+        self.eps = float(eps)
+        self.norm = norm
+        self.seed = seed
+        self.n_queries = int(n_queries)
+        self.p_init = float(p_init)
+        self.n_restarts = int(n_restarts)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def _single_run(self, model, x, y, active):
+        """One run on the rows ``active``; returns (best point, broken)."""
+        _, height, width, channels = x.shape
+        if None in (height, width, channels):
+            raise ConfigError(f"square attack needs images of known height, width and channels, got {x.shape}")
+        lower = tf.maximum(x - self.eps, 0.0)
+        upper = tf.minimum(x + self.eps, 1.0)
+        # Start: vertical stripes, one sign per (column, channel).
+        stripes = keras.random.uniform(
+            tf.stack([tf.shape(x)[0], 1, width, channels]), seed=self.seed_generator
+        )
+        x_best = tf.clip_by_value(x + self.eps * tf.where(stripes < 0.5, -1.0, 1.0), 0.0, 1.0)
+        logits = _logits(model, x_best)
+        margin_best = _margin(logits, y)
+        broken = active & (tf.argmax(logits, axis=1, output_type=tf.int32) != y)
+
+        sizes = tf.constant(square_sizes(self.n_queries, self.p_init, height, width, channels))
+        # All draws up front: square corner (2 uniforms) and channel signs.
+        draws = keras.random.uniform([self.n_queries, 2 + channels], seed=self.seed_generator)
+        rows = tf.range(height)[:, None]
+        cols = tf.range(width)[None, :]
+
+        def body(i, x_best, margin_best, broken):
+            side = sizes[i]
+            # Corner in [0, n - side - 1] (0 when the square fills the side), as the reference.
+            top = tf.cast(tf.floor(draws[i, 0] * tf.cast(height - side, tf.float32)), tf.int32)
+            left = tf.cast(tf.floor(draws[i, 1] * tf.cast(width - side, tf.float32)), tf.int32)
+            inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+            signs = tf.where(draws[i, 2:] < 0.5, -1.0, 1.0)
+            step = tf.cast(inside, tf.float32)[None, :, :, None] * (2.0 * self.eps) * signs
+            x_new = tf.clip_by_value(x_best + step, lower, upper)
+            logits = _logits(model, x_new)
+            margin = _margin(logits, y)
+            wrong = tf.argmax(logits, axis=1, output_type=tf.int32) != y
+            searching = active & ~broken
+            take = searching & ((margin < margin_best) | wrong)
+            x_best = tf.where(take[:, None, None, None], x_new, x_best)
+            margin_best = tf.where(take, margin, margin_best)
+            return i + 1, x_best, margin_best, broken | (searching & wrong)
+
+        _, x_best, _, broken = tf.while_loop(
+            lambda i, x_best, margin_best, broken: (i < self.n_queries) & tf.reduce_any(active & ~broken),
+            body,
+            (tf.constant(0), x_best, margin_best, broken),
+            parallel_iterations=1,
+        )
+        return x_best, broken
+
+    def perturb(self, model, x, y):
+        """Runs Square on the clean-correct points of ``x``.
+
+        Args:
+            model: callable ``model(x, training=False)`` returning logits (or
+                what :func:`as_outputs` accepts).
+            x: float32 images in [0, 1], NHWC, static height/width/channels.
+            y: int labels ``[B]``.
+
+        Returns:
+            ``(x_adv, robust)``: ``robust[i]`` is True when ``x[i]`` is
+            classified correctly and no query was misclassified; ``x_adv`` is
+            the first misclassified query for a broken row, the clean image
+            for a clean-misclassified row, and the lowest-margin point of the
+            last run otherwise.
+        """
+        x = tf.convert_to_tensor(x, tf.float32)
+        y = tf.cast(tf.convert_to_tensor(y), tf.int32)
+        robust = tf.argmax(_logits(model, x), axis=1, output_type=tf.int32) == y
+        x_adv = x
+        for _ in range(self.n_restarts):
+            x_best, broken = self._single_run(model, x, y, robust)
+            x_adv = tf.where((broken | robust)[:, None, None, None], x_best, x_adv)
+            robust = robust & ~broken
+        return tf.stop_gradient(x_adv), robust
+
+    def __call__(self, model, x, y):
+        return self.perturb(model, x, y)[0]
+
+    def seed_generators(self):
+        return {"seed_generator": self.seed_generator}
+
+    def get_config(self):
+        return {
+            "attack": self.name,
+            "eps": self.eps,
+            "norm": self.norm,
+            "seed": self.seed,
+            "n_queries": self.n_queries,
+            "p_init": self.p_init,
+            "n_restarts": self.n_restarts,
+        }
