@@ -75,8 +75,7 @@ def test_an_example_broken_only_at_an_intermediate_iterate_is_not_robust():
     attack = PGD(eps=EPS, step_size=alpha, steps=4, random_start=False, objective=mean_objective)
 
     last = attack(model, x, y).numpy()
-    np.testing.assert_allclose(last[:, 0, 0, 0], [0.3 + 4 * alpha, 0.6 + 4 * alpha, 0.3 + 4 * alpha],
-                               atol=1e-6)
+    np.testing.assert_allclose(last[:, 0, 0, 0], np.array([0.3, 0.6, 0.3]) + 4 * alpha, atol=1e-6)
     assert np.all(np.argmax(model(last)["logits"].numpy(), -1) == [0, 0, 0])  # last iterate: fine
 
     x_adv, robust = attack.perturb(model, x, y)
@@ -87,8 +86,8 @@ def test_an_example_broken_only_at_an_intermediate_iterate_is_not_robust():
     np.testing.assert_array_equal(x_adv[2], x[2])  # misclassified clean: the clean image
 
     # The same counting inside tf.function with an unknown batch size.
-    fn = tf.function(lambda a, b: attack.perturb(model, a, b),
-                     input_signature=[tf.TensorSpec([None, 4, 4, 3]), tf.TensorSpec([None], tf.int64)])
+    specs = [tf.TensorSpec([None, 4, 4, 3]), tf.TensorSpec([None], tf.int64)]
+    fn = tf.function(lambda a, b: attack.perturb(model, a, b), input_signature=specs)
     assert fn(x, y)[1].numpy().tolist() == [False, True, False]
 
     # evaluate_robustness counts with perturb: 1 of 3 robust, not the last iterate's 2 of 3.
@@ -106,7 +105,8 @@ def test_restarts_are_the_and_of_single_starts_with_the_same_draws():
     single = PGD(eps=eps, step_size=1 / 255, steps=1, seed=7)
     runs = [single.perturb(model, x, y) for _ in range(3)]  # the generator advances each time
     flags = [r.numpy() for _, r in runs]
-    x_adv, robust = PGD(eps=eps, step_size=1 / 255, steps=1, seed=7, restarts=3).perturb(model, x, y)
+    restarted = PGD(eps=eps, step_size=1 / 255, steps=1, seed=7, restarts=3)
+    x_adv, robust = restarted.perturb(model, x, y)
     expected = flags[0] & flags[1] & flags[2]
     np.testing.assert_array_equal(robust.numpy(), expected)
     assert flags[0].sum() > expected.sum(), "the test needs restarts that break more points"
@@ -247,6 +247,11 @@ def test_final_flags_are_the_and_of_the_attacks_run_alone():
 
 @pytest.mark.parametrize("names, settings", [
     (["pgd", "square"], {"pgd": {"steps": 3}, "square": {"n_queries": 50}}),
+    (["apgd-ce", "apgd-t", "fab-t", "square"],
+     {"apgd-ce": {"n_iter": 5}, "apgd-t": {"n_iter": 5, "n_target_classes": 3},
+      "fab-t": {"n_iter": 5, "n_target_classes": 3}, "square": {"n_queries": 50}}),
+    (["apgd-dlr", "fab"], {"apgd-dlr": {"n_iter": 5, "n_restarts": 2},
+                           "fab": {"n_iter": 5, "n_restarts": 2}}),
 ])
 def test_real_attacks_stay_in_the_ball_and_accuracy_only_falls(names, settings):
     if not set(names) <= set(ATTACKS.names()):
@@ -263,7 +268,13 @@ def test_real_attacks_stay_in_the_ball_and_accuracy_only_falls(names, settings):
     assert not result["robust"][[0, 1, 2]].any()
     assert within(result["x_adv"], x)
     assert result["attack"]["seed"] == 3 and result["attack"]["attacks"] == names
-    assert result["attack"]["settings"]["square"]["n_queries"] == 50
+    if "square" in names:
+        assert result["attack"]["settings"]["square"]["n_queries"] == 50
+    # The batch interface inside tf.function (no retracing per subset size).
+    fn = tf.function(lambda a, b: aa.perturb(model, a, b), reduce_retracing=True)
+    for rows in (slice(0, 8), slice(8, 13)):
+        x_adv, robust = (t.numpy() for t in fn(tf.constant(x[rows]), tf.constant(y[rows])))
+        assert within(x_adv, x[rows]) and not (robust & ~result["clean_correct"][rows]).any()
     # Same model, examples and seed: the same result (generators restart from the seed).
     again = aa.run(model, x, y, batch_size=12)
     np.testing.assert_array_equal(again["robust"], result["robust"])
@@ -470,3 +481,41 @@ def test_autoattack_through_a_saved_model_equals_the_keras_figures(tmp_path):
     np.testing.assert_array_equal(from_saved["robust"], from_keras["robust"])
     assert from_saved["robust_accuracy_by_attack"] == from_keras["robust_accuracy_by_attack"]
     assert from_keras["robust_accuracy"] < from_keras["natural_accuracy"] == 0.75
+
+
+# ---------------------------------------------------------------------------
+# Training programs and the report.
+
+def test_report_shows_the_autoattack_column_only_when_a_run_has_it():
+    from gacd_tf.analysis.report import Run, render_report
+
+    teacher = Run(path="runs/t", name="t", flags={"arch": "resnet8"},
+                  metrics={"natural_accuracy": 0.5, "robust_accuracy": 0.26, "num_examples": 100,
+                           "autoattack": {"robust_accuracy": 0.215, "num_examples": 40}})
+    plain = Run(path="runs/p", name="p", flags={"arch": "resnet8"},
+                metrics={"natural_accuracy": 0.4, "robust_accuracy": 0.2, "num_examples": 100})
+    header = next(line for line in render_report([teacher, plain]).splitlines()
+                  if line.startswith("| run |"))
+    cells = header.split(" | ")
+    assert cells.index("autoattack_robust_accuracy") == cells.index("robust_accuracy") + 1
+    table = render_report([teacher, plain])
+    assert "| 0.2600 | 0.2150 | 40 |" in table
+    assert "autoattack" not in render_report([plain])
+
+
+@pytest.mark.slow
+def test_train_teacher_adds_autoattack_to_metrics(tmp_path):
+    from program_helpers import run_program, write_tiny_cifar10
+
+    data = write_tiny_cifar10(tmp_path / "data", train=20, test=20)
+    result = run_program("train_teacher", f"--data_dir={data}", "--arch=resnet8", "--epochs=1",
+                         "--batch_size=10", "--train_attack_steps=1", "--attack_steps=1",
+                         "--val_examples=0", "--final_autoattack_examples=10",
+                         f"--model_dir={tmp_path / 'run'}", "--verbose=0", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    autoattack = metrics["autoattack"]
+    assert autoattack["num_examples"] == 10 and metrics["num_examples"] == 20
+    assert list(autoattack["robust_accuracy_by_attack"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert autoattack["robust_accuracy"] <= autoattack["natural_accuracy"]
+    assert "robust accuracy after square: " in result.stdout

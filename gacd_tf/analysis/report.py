@@ -10,6 +10,8 @@ from gacd_tf.errors import DataError
 RESULT_COLUMNS = ["run", "role", "method", "arch", "dataset", "epochs", "natural_accuracy",
                   "robust_accuracy", "before_aft_natural_accuracy", "before_aft_robust_accuracy",
                   "num_examples", "attack", "teacher_unchanged", "train_seconds"]
+# Shown after robust_accuracy when a run's metrics.json has "autoattack".
+AUTOATTACK_COLUMNS = ["autoattack_robust_accuracy", "autoattack_examples"]
 # Flags that describe where a run wrote or read, not what it did.
 _NOISE_FLAGS = {"model_dir", "verbose", "data_dir", "cpu_devices", "strategy"}
 
@@ -57,6 +59,7 @@ class Run:
             seconds = sum(v for v in seconds.values() if isinstance(v, (int, float)))
         if isinstance(seconds, (int, float)):
             seconds = int(round(seconds))
+        autoattack = self.metrics.get("autoattack") or {}
         method = self.metrics.get("method") or self.flags.get("method")
         if method and self.metrics.get("aft_epochs"):
             method += "+aft"
@@ -69,13 +72,23 @@ class Run:
             "epochs": self.flags.get("epochs"),
             "natural_accuracy": self.metrics.get("natural_accuracy"),
             "robust_accuracy": self.metrics.get("robust_accuracy"),
+            "autoattack_robust_accuracy": autoattack.get("robust_accuracy"),
+            "autoattack_examples": autoattack.get("num_examples"),
             "before_aft_natural_accuracy": before.get("natural_accuracy"),
             "before_aft_robust_accuracy": before.get("robust_accuracy"),
             "num_examples": self.metrics.get("num_examples"),
-            "attack": (f"{attack.get('attack', '')}-{attack.get('steps', '')}" if attack else None),
+            "attack": _attack_label(attack),
             "teacher_unchanged": self.metrics.get("teacher_unchanged"),
             "train_seconds": seconds,
         }
+
+
+def _attack_label(attack):
+    """The label "pgd-20", or the name alone for an attack without steps (autoattack)."""
+    if not attack:
+        return None
+    steps = attack.get("steps")
+    return f"{attack.get('attack', '')}-{steps}" if steps is not None else attack.get("attack")
 
 
 def _read_json(path, what):
@@ -138,6 +151,14 @@ def flag_table(runs, differing):
     return markdown_table(rows, ["flag"] + [run.name for run in runs])
 
 
+def result_columns(rows):
+    """The results table's columns: the AutoAttack ones only when a run has them."""
+    if not any(row.get("autoattack_robust_accuracy") is not None for row in rows):
+        return list(RESULT_COLUMNS)
+    at = RESULT_COLUMNS.index("robust_accuracy") + 1
+    return RESULT_COLUMNS[:at] + AUTOATTACK_COLUMNS + RESULT_COLUMNS[at:]
+
+
 def render_report(runs, correlation=None, tsne=None, transfer=None, notes=()):
     """The report's Markdown (images are linked by file name, beside ``report.md``).
 
@@ -157,9 +178,15 @@ def render_report(runs, correlation=None, tsne=None, transfer=None, notes=()):
     correlation, tsne = correlation or {}, tsne or {}
     out = ["# gacd_tf report", ""]
     out.append("Runs: " + ", ".join(f"`{run.path}`" for run in runs) + ".")
+    rows = [run.row() for run in runs]
+    columns = result_columns(rows)
     out.append("Accuracies are fractions of the test examples; *robust* is under the run's "
                "evaluation attack (column `attack`).")
-    out += ["", "## Results", "", markdown_table([run.row() for run in runs], RESULT_COLUMNS)]
+    if columns != RESULT_COLUMNS:
+        out.append("`autoattack_robust_accuracy`: under AutoAttack (standard version: APGD-CE, "
+                   "APGD-T, FAB-T, Square; the field's standard, RobustBench's measure) on "
+                   "`autoattack_examples` class-balanced test examples.")
+    out += ["", "## Results", "", markdown_table(rows, columns)]
     if transfer:
         out += ["## Transfer (linear evaluation)", "",
                 f"A linear head on each frozen model's penultimate features, trained on "

@@ -177,9 +177,9 @@ class AutoAttack:
         extra = dict(overrides.get(item, {}))
         unknown = sorted(set(extra) - set(accepted))
         if unknown:
+            takes = ", ".join(p for p in accepted if p not in ("eps", "norm", "seed"))
             raise ConfigError(f"AutoAttack attack_settings[{item!r}] has {', '.join(unknown)}, "
-                              f"which {item} does not take; it takes "
-                              f"{', '.join(p for p in accepted if p not in ('eps', 'norm', 'seed'))}")
+                              f"which {item} does not take; it takes {takes}")
         settings.update(extra)
         common = {"eps": self.eps, "norm": self.norm, "seed": self.seed}
         settings.update({k: v for k, v in common.items() if k in accepted})
@@ -189,12 +189,12 @@ class AutoAttack:
     # The interface every attack shares.
 
     def seed_generators(self):
-        """Every attack's generators, keyed ``"ATTACK/ATTRIBUTE"``."""
+        """Every attack's generators, keyed ``"ATTACK.ATTRIBUTE"`` (``"square.seed_generator"``)."""
         generators = {}
         for name, attack in self.attacks.items():
             own = attack.seed_generators() if hasattr(attack, "seed_generators") else {}
             for attr, gen in own.items():
-                generators[f"{name}/{attr}"] = gen
+                generators[f"{name}.{attr}"] = gen
         return generators
 
     def get_config(self):

@@ -45,6 +45,7 @@ PROBE_FLAGS = ("dataset", "train_examples", "batch_size", "seed", "epochs", "lea
 def define_flags():
     common.define_data_flags(train=True)
     attack_flags.define_attack_flags()
+    attack_flags.define_final_autoattack_flags()
     common.define_optimizer_flags(epochs=10, learning_rate=0.1)
     common.define_checkpoint_flags()
     common.define_load_flags()
@@ -137,7 +138,8 @@ def _targeted_attack():
 
 
 def _attack_name(attack):
-    return f"{attack.get_config()['attack'].upper()}-{attack.steps}"
+    steps = getattr(attack, "steps", None)  # AutoAttack has none
+    return attack.get_config()["attack"].upper() + (f"-{steps}" if steps is not None else "")
 
 
 def _write_json(name, obj):
@@ -178,12 +180,17 @@ def _transfer(paths, names, output_dir, data_dir=None):
             common.fit_phase(probe, data, probe_dir, "probe", FLAGS.epochs,
                              last_path=os.path.join(probe_dir, "probe.keras"))
 
-        result, _ = linear_transfer(
+        result, probe = linear_transfer(
             common.load_model_from_flags(path, "--models"), train, test, FLAGS.epochs,
             optimizer=common.optimizer_from_flags(data.steps_per_epoch),
             batch_size=FLAGS.batch_size, attack=attack, weight_decay=FLAGS.weight_decay,
             seed=FLAGS.seed, augment=FLAGS.augment, fit=fit, verbose=FLAGS.verbose)
         result.update(model=name, source=path)
+        autoattack = attack_flags.final_autoattack(probe.model, FLAGS.dataset, data_dir,
+                                                   FLAGS.batch_size, classes=classes)
+        if autoattack:
+            result.update(autoattack=autoattack,
+                          autoattack_robust_accuracy=autoattack["robust_accuracy"])
         print(f"transfer {name}: natural_accuracy={result['natural_accuracy']:.4f} "
               f"robust_accuracy={result['robust_accuracy']:.4f} ({len(test)} test examples)")
         rows.append(result)

@@ -146,7 +146,7 @@ def define_final_autoattack_flags():
                    "whole test split when larger).", lower_bound=0)
 
 
-def final_autoattack(model, dataset_name, data_dir, batch_size, classes=None, verbose=2):
+def final_autoattack(model, dataset_name, data_dir, batch_size, classes=None, verbose=None):
     """AutoAttack (standard) of ``model`` on ``--final_autoattack_examples`` test examples.
 
     Args:
@@ -155,7 +155,8 @@ def final_autoattack(model, dataset_name, data_dir, batch_size, classes=None, ve
         data_dir: its folder (None: tensorflow-datasets).
         batch_size: points per attack call.
         classes: the transfer task's classes (relabelled 0..k-1), or None.
-        verbose: 0 silent, 1 progress bars and lines, 2 one line per attack.
+        verbose: 0 silent, 1 progress bars and lines, 2 one line per attack
+            (default: 1 under --verbose=1, else 2).
 
     Returns:
         None when the flag is 0 (or absent); else a JSON-able dict with
@@ -181,6 +182,8 @@ def final_autoattack(model, dataset_name, data_dir, batch_size, classes=None, ve
     else:
         images, labels = test.images, test.labels
     seed = FLAGS.aa_seed if "aa_seed" in FLAGS else FLAGS.seed
+    if verbose is None:
+        verbose = 1 if "verbose" in FLAGS and FLAGS.verbose == 1 else 2
     attack = AutoAttack(version="standard", eps=FLAGS.eps, norm=FLAGS.norm, seed=seed,
                         verbose=verbose)
     logging.info("AutoAttack of the final model on %d test examples", len(labels))

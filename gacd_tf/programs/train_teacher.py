@@ -2,7 +2,8 @@
 
 Writes into --model_dir: flags.json, model.keras (last epoch), best.keras
 (best validation robust accuracy, when --val_examples > 0), metrics.json
-(natural and PGD robust accuracy of model.keras on the test split),
+(natural and PGD robust accuracy of model.keras on the test split; with
+--final_autoattack_examples=N also its AutoAttack figures under "autoattack"),
 train_log.csv, TensorBoard logs in logs/train/, and checkpoints/train/ (the
 full training state, after every epoch and every --checkpoint_every_steps):
 started again with the same flags, a killed run resumes from it.
@@ -26,6 +27,7 @@ from gacd_tf.programs.common import FLAGS  # noqa: E402
 def define_flags():
     common.define_data_flags(train=True)
     attack_flags.define_attack_flags()
+    attack_flags.define_final_autoattack_flags()
     common.define_distribute_flags()
     common.DEFINE_string("model_dir", None, "Output folder (created if needed).")
     common.DEFINE_string("arch", "resnet20", "Architecture name from the model zoo.")
@@ -79,6 +81,10 @@ def main(argv):
     result.update(dataset=data.info.name, split="test", arch=FLAGS.arch, model="model.keras",
                   train_seconds=round(train_seconds, 1), resumed_from=resume["resumed_from"],
                   train_attack=attack.get_config(), trades_beta=FLAGS.trades_beta)
+    autoattack = attack_flags.final_autoattack(model, data.info.name, FLAGS.data_dir,
+                                               FLAGS.batch_size)
+    if autoattack:
+        result["autoattack"] = autoattack
     common.write_json(metrics_path, result)
     common.print_result(result)
 
