@@ -47,7 +47,7 @@ def make(method, student, teacher, **kwargs):
     ("ard", {}),
     ("ard", {"alpha": 0.5, "kl_reduction": "batchmean", "reweight": True}),
     ("gacd", {}),
-    ("gacd", {"symmetric": True, "teacher_input": "natural", "reweight": False}),
+    ("gacd", {"nce_form": "one_sided", "teacher_input": "natural", "reweight": False}),
 ])
 def test_fit_runs_finite_and_keeps_the_teacher_frozen(method, kwargs):
     teacher, student = tiny(1, width=6, name="teacher"), tiny(2, name="student")

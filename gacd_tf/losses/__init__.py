@@ -4,11 +4,16 @@ Pure TensorFlow functions of tensors, usable in any training loop.
 """
 
 from gacd_tf.losses.distillation_kl import ard_loss, distillation_kl, kd_loss
-from gacd_tf.losses.nce import initial_log_z, nce_logits, reweighted_nce_loss
+from gacd_tf.losses.nce import (
+    cross_class_cosine,
+    initial_log_z,
+    nce_logits,
+    reweighted_nce_loss,
+)
 from gacd_tf.losses.sinkhorn import cosine_cost, sinkhorn_distance, sinkhorn_plan
 
 __all__ = [
     "ard_loss", "distillation_kl", "kd_loss",
-    "initial_log_z", "nce_logits", "reweighted_nce_loss",
+    "cross_class_cosine", "initial_log_z", "nce_logits", "reweighted_nce_loss",
     "cosine_cost", "sinkhorn_distance", "sinkhorn_plan",
 ]

@@ -7,7 +7,7 @@ from gacd_tf.attacks import PGD, OptimalTransport
 from gacd_tf.data.negative_sampling import OtherClassSampler
 from gacd_tf.distribute import all_gather, local_rows
 from gacd_tf.errors import ConfigError
-from gacd_tf.losses import initial_log_z, nce_logits, reweighted_nce_loss
+from gacd_tf.losses import cross_class_cosine, initial_log_z, nce_logits, reweighted_nce_loss
 from gacd_tf.models import feature_dim, features_and_logits
 from gacd_tf.settings import Setting
 from gacd_tf.trainers.common import per_example_ce, unpack_batch
@@ -17,6 +17,7 @@ from gacd_tf.trainers.methods import METHODS
 from gacd_tf.trainers.robust_trainer import accuracy
 
 TEACHER_INPUTS = ("adversarial", "natural")
+NCE_FORMS = ("two_sided", "one_sided")
 
 
 @METHODS.register("gacd")
@@ -35,11 +36,23 @@ class GACDDistiller(Distiller):
        classes, scored against the student memory bank (no gradient);
     4. ``L = w_nce * L_GACD + w_ce * CE(z_S(x+), y)``; the student and both
        embedding heads are trained, the teacher is not;
-    5. ``bank[idx] <- l2norm(m bank[idx] + (1 - m) e_S)``.
+    5. ``bank[idx] <- l2norm(m bank[idx] + (1 - m) e_S)`` (two-sided: also
+       the teacher bank with ``e_T``).
 
-    ``symmetric=True`` adds CRD's student-anchored term against a bank of
-    teacher embeddings. Batches must carry the per-sample index
-    ``(image, label, index)``.
+    ``nce_form`` (SPEC "Which form is the default"): ``"two_sided"`` (the
+    default, CRD's form) is ``L_GACD = L(e_T anchor, student bank, live e_S
+    positive) + L(e_S anchor, teacher bank, live e_T positive)``, both
+    reweighted by ``w``, each bank with its own fixed ``Z``; the second term
+    pushes the live student embedding away from other classes' teacher
+    embeddings. ``"one_sided"`` keeps the first term only (the paper-literal
+    ablation); measured, its student bank collapses (every class onto one
+    direction) because nothing pushes the student away from other classes.
+
+    Each step reports ``bank_cross_class_cosine``: the mean cosine between
+    student-bank rows of different classes (:func:`gacd_tf.losses.
+    cross_class_cosine`, after the step's bank update; the epoch log holds its
+    value at the epoch's end), and, two-sided, ``teacher_bank_cross_class_cosine``.
+    Batches must carry the per-sample index ``(image, label, index)``.
 
     Args:
         student, teacher: networks exposing features (see
@@ -54,7 +67,7 @@ class GACDDistiller(Distiller):
         attack: the positive-generating attack (default OT, 1 step of eps).
         teacher_input: "adversarial" or "natural".
         reweight: teacher-confidence weights (True; False = plain NCE ablation).
-        symmetric: add the student-anchored CRD term.
+        nce_form: "two_sided" (default) or "one_sided" (teacher anchor only).
         seed: seed of the bank initialisation, negatives and heads.
         **kwargs: passed to :class:`Distiller` (``weight_decay``, ``eval_attack``).
 
@@ -81,8 +94,10 @@ class GACDDistiller(Distiller):
         Setting("w_ce", 1.0, "GACD: weight of the CE loss on x+.", arg="w_ce", lower=0.0),
         Setting("teacher_input", "adversarial", "GACD: the teacher sees x+ (Algorithm 1) or "
                 "the natural x.", arg="teacher_input", kind="enum", choices=TEACHER_INPUTS),
-        Setting("symmetric", False, "GACD: add CRD's student-anchored NCE term.",
-                arg="symmetric", kind="bool"),
+        Setting("nce_form", "two_sided", "GACD: NCE form. two_sided = teacher-anchored term "
+                "+ CRD's student-anchored term against a teacher bank (default: the "
+                "one-sided bank collapses); one_sided = teacher anchor only (paper-literal "
+                "ablation).", arg="nce_form", kind="enum", choices=NCE_FORMS),
         Setting("ot_representation", "features", "GACD: representation of the OT attack "
                 "(Feature Scattering: logits).", kind="enum", choices=("features", "logits")),
         Setting("ot_steps", 1, "GACD: steps of the OT attack.", kind="int", lower=1),
@@ -99,12 +114,14 @@ class GACDDistiller(Distiller):
 
     def __init__(self, student, teacher, train_labels, embed_dim=128, nce_k=16384, nce_t=0.1,
                  nce_momentum=0.5, w_nce=0.8, w_ce=1.0, attack=None,
-                 teacher_input="adversarial", reweight=True, symmetric=False, seed=None,
+                 teacher_input="adversarial", reweight=True, nce_form="two_sided", seed=None,
                  **kwargs):
         names = ["loss", "nce_loss", "ce_loss", "adv_accuracy", "teacher_weight"]
         super().__init__(student, teacher, names, **kwargs)
         if teacher_input not in TEACHER_INPUTS:
             raise ConfigError(f"teacher_input must be one of {TEACHER_INPUTS}, got {teacher_input!r}")
+        if nce_form not in NCE_FORMS:
+            raise ConfigError(f"nce_form must be one of {NCE_FORMS}, got {nce_form!r}")
         if int(nce_k) < 1:
             raise ConfigError(f"nce_k must be >= 1, got {nce_k}")
         if not nce_t > 0:
@@ -113,7 +130,8 @@ class GACDDistiller(Distiller):
             raise ConfigError(f"nce_momentum must be in [0, 1), got {nce_momentum}")
         self.nce_k, self.nce_t = int(nce_k), float(nce_t)
         self.w_nce, self.w_ce = w_nce, w_ce
-        self.teacher_input, self.reweight, self.symmetric = teacher_input, reweight, symmetric
+        self.teacher_input, self.reweight, self.nce_form = teacher_input, reweight, nce_form
+        self.two_sided = nce_form == "two_sided"
         self.attack = attack if attack is not None else PGD(
             eps=8 / 255, step_size=8 / 255, steps=1, objective=OptimalTransport("features"),
             seed=seed)
@@ -127,8 +145,10 @@ class GACDDistiller(Distiller):
         def sub_seed(offset):
             return None if seed is None else seed + offset
 
-        self.sampler = OtherClassSampler(train_labels, student.output_shape[-1], seed=sub_seed(1))
+        self.num_classes = student.output_shape[-1]
+        self.sampler = OtherClassSampler(train_labels, self.num_classes, seed=sub_seed(1))
         self.num_data = self.sampler.num_data
+        self.train_labels = tf.constant(train_labels, tf.int32)
         # The heads, embeddings, banks and NCE scores stay float32 under a
         # mixed-precision policy (exp(score / T) with T = 0.1 needs it).
         self.student_embed = keras.layers.Dense(
@@ -143,7 +163,7 @@ class GACDDistiller(Distiller):
                                        name="student_bank")
         self.teacher_bank = (MemoryBank(self.num_data, embed_dim, nce_momentum,
                                         seed=sub_seed(5), name="teacher_bank")
-                             if symmetric else None)
+                             if self.two_sided else None)
 
     def seed_generators(self):
         return {**super().seed_generators(), "sampler": self.sampler}
@@ -153,6 +173,38 @@ class GACDDistiller(Distiller):
         # Z from the global batch's scores, identical on every replica.
         log_z = bank.log_z_once(initial_log_z(all_gather(pos), all_gather(neg), self.num_data))
         return reweighted_nce_loss(pos, neg, log_z, self.num_data, weight)
+
+    def nce_loss(self, e_t, e_s, negatives, weight):
+        """``L_GACD`` of one batch (each bank's ``Z`` is set on its first call).
+
+        Args:
+            e_t, e_s: ``[B, d]`` l2-normalised teacher and (live) student embeddings.
+            negatives: ``[B, k]`` bank row indices (other classes).
+            weight: ``[B]`` sample weights.
+
+        Returns:
+            one-sided: ``L(e_T, e_S, student bank)``; two-sided: that plus
+            ``L(e_S, e_T, teacher bank)`` (same negatives, same weights).
+        """
+        nce = self._nce(e_t, e_s, self.student_bank, negatives, weight)
+        if self.two_sided:
+            nce += self._nce(e_s, e_t, self.teacher_bank, negatives, weight)
+        return nce
+
+    def bank_cross_class_cosines(self):
+        """The collapse detector of each bank: ``{"bank_cross_class_cosine": ...}``.
+
+        Mean cosine between rows of different classes
+        (:func:`gacd_tf.losses.cross_class_cosine`) of the student bank and,
+        two-sided, ``teacher_bank_cross_class_cosine`` of the teacher bank.
+        The banks are identical on every replica, hence so are these values.
+        """
+        values = {"bank_cross_class_cosine": cross_class_cosine(
+            self.student_bank.bank, self.train_labels, self.num_classes)}
+        if self.two_sided:
+            values["teacher_bank_cross_class_cosine"] = cross_class_cosine(
+                self.teacher_bank.bank, self.train_labels, self.num_classes)
+        return values
 
     def train_step(self, data):
         x, y, idx = unpack_batch(data)
@@ -175,14 +227,17 @@ class GACDDistiller(Distiller):
             features, logits = self.student_fl(x_pos, training=True)
             e_s = tf.math.l2_normalize(self.student_embed(features), axis=-1)
             e_t = tf.math.l2_normalize(self.teacher_embed(teacher_features), axis=-1)
-            nce = self._nce(e_t, e_s, self.student_bank, negatives, weight)
-            if self.symmetric:
-                nce += self._nce(e_s, e_t, self.teacher_bank, negatives, weight)
+            nce = self.nce_loss(e_t, e_s, negatives, weight)
             ce = tf.reduce_mean(per_example_ce(y, logits))
             loss = self.w_nce * nce + self.w_ce * ce
         self.apply_update(tape, loss, weights)
         self.student_bank.update(idx, e_s)
-        if self.symmetric:
+        if self.two_sided:
             self.teacher_bank.update(idx, e_t)
-        return self.report(loss=loss, nce_loss=nce, ce_loss=ce,
+        logs = self.report(loss=loss, nce_loss=nce, ce_loss=ce,
                            adv_accuracy=accuracy(y, logits), teacher_weight=weight)
+        # After the update: the epoch log keeps the last step's value, i.e.
+        # the banks as the epoch leaves them (O(M d), small beside the NCE's
+        # [B, d] x [d, M] product).
+        logs.update(self.bank_cross_class_cosines())
+        return logs
