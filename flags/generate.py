@@ -3,10 +3,12 @@
     python flags/generate.py
 
 Every cell of Table 1 (CIFAR-10) and Table 2 (CIFAR-100) gets one flagfile per
-method (kd, ard, gacd; the gacd files run AFT too, so their metrics.json holds
-both the "GACD" row, under before_aft, and the "GACD+AFT" row). Ablations
-(no reweighting; reweighted ARD; the one-sided NCE form) and the k / T
-sweeps of Figure 2 follow.
+method of METHOD_FLAGS (the gacd files run AFT too, so their metrics.json holds
+both the "GACD" row, under before_aft, and the "GACD+AFT" row). Beside them,
+the control rows (SPEC "Adversarial fine-tuning": KD+AFT, ARD+AFT, and
+natural+AFT, a student trained without a teacher) and "ARD as its code runs"
+(SPEC "ARD baseline"). Ablations (no reweighting; reweighted ARD; the
+one-sided NCE form) and the k / T sweeps of Figure 2 follow.
 Each file includes flags/distill_common.cfg and the teacher it needs is the
 output of the matching flags/teacher_*.cfg run. tests/test_flagfiles.py checks
 that the committed files equal this script's output and that they parse.
@@ -23,6 +25,21 @@ TABLES = {
     "table2": ("cifar100", ["resnet56", "wrn_40_2"], ["resnet32", "wrn_16_2", "mobilenetv2"]),
 }
 METHOD_FLAGS = {"kd": [], "ard": [], "gacd": ["--aft_epochs=10"]}
+
+
+# Control rows beside each GACD+AFT row: the same AFT budget after other methods.
+AFT = ["--aft_epochs=10"]
+CONTROLS = {  # file-name suffix -> (method, flags)
+    "kd_aft": ("kd", AFT),
+    "ard_aft": ("ard", AFT),
+    # ARD's official code as it runs (SPEC "ARD baseline"): weight decay 2e-4, the lr
+    # decays once (0.1 -> 0.01 at epoch 100 of 200), the student attack in training-mode
+    # batch norm; CIFAR-100 batch 256 (added per dataset below).
+    "ard_code": ("ard", ["# ARD as its official code runs "
+                         "(goldblum/AdversariallyRobustDistillation).",
+                         "--weight_decay=2e-4", "--lr_decay_epochs=100",
+                         "--ard_attack_training_mode"]),
+}
 
 
 def cell(folder, dataset, teacher, student, method, extra=(), name=None):
@@ -42,6 +59,35 @@ def cell(folder, dataset, teacher, student, method, extra=(), name=None):
     return ROOT / folder / f"{name}.cfg", "\n".join(lines) + "\n"
 
 
+def natural_cell(folder, dataset, student):
+    """natural+AFT: the student trained by plain cross-entropy (no teacher), then AFT."""
+    name = f"{dataset}_{student}_natural_aft"
+    lines = [
+        f"# {folder}: control row natural+AFT: {student} trained on natural {dataset} images by "
+        "cross-entropy (no teacher), then the same AFT as the GACD+AFT rows.",
+        f"# Run: gacd-distill --flagfile=flags/{folder}/{name}.cfg [--data_dir=DIR]",
+        "--flagfile=flags/distill_common.cfg",
+        f"--dataset={dataset}",
+        f"--arch={student}",
+        "--method=natural",
+        f"--model_dir=runs/{folder}/{name}",
+        *AFT,
+    ]
+    return ROOT / folder / f"{name}.cfg", "\n".join(lines) + "\n"
+
+
+def controls(folder, dataset, teachers, students):
+    files = []
+    for teacher in teachers:
+        for student in students:
+            for suffix, (method, extra) in CONTROLS.items():
+                if suffix == "ard_code" and dataset == "cifar100":
+                    extra = [*extra, "--batch_size=256"]
+                files.append(cell(folder, dataset, teacher, student, method, extra,
+                                  name=f"{dataset}_{teacher}_to_{student}_{suffix}"))
+    return files + [natural_cell(folder, dataset, student) for student in students]
+
+
 def flagfiles():
     files = []
     for folder, (dataset, teachers, students) in TABLES.items():
@@ -49,6 +95,7 @@ def flagfiles():
             for student in students:
                 for method in METHOD_FLAGS:
                     files.append(cell(folder, dataset, teacher, student, method))
+        files += controls(folder, dataset, teachers, students)
     # Paper "Influence of sample reweighting": ResNet-18 teacher, WRN-34-10 student.
     pair = ("cifar10", "resnet18", "wrn_34_10")
     files += [

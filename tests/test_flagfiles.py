@@ -52,4 +52,5 @@ def test_generated_flagfiles_are_up_to_date():
     names = {p.name for p in expected}
     assert len(names) == len(expected)
     table1 = [p for p in expected if p.parent.name == "table1"]
-    assert len(table1) == 2 * 3 * len(generate.METHOD_FLAGS)
+    # 2 teachers x 3 students x (methods + controls), plus natural+AFT per student.
+    assert len(table1) == 2 * 3 * (len(generate.METHOD_FLAGS) + len(generate.CONTROLS)) + 3

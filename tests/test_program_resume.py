@@ -20,7 +20,8 @@ from gacd_tf.models import build_model
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    return write_tiny_cifar10(tmp_path_factory.mktemp("cifar10"), train=96, test=16)
+    # 104 = 96 trained on + 8 held out by the distillation runs' --val_examples=8.
+    return write_tiny_cifar10(tmp_path_factory.mktemp("cifar10"), train=104, test=16)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """gacd-distill: distil a robust teacher into a student (any method of the
 ``gacd_tf.trainers.METHODS`` registry: KD, ARD, GACD, ...), then
-optionally adversarially fine-tune it (AFT).
+optionally adversarially fine-tune it (AFT). ``--method=natural`` trains the
+student by plain cross-entropy with no teacher (the natural+AFT control).
 
 Writes into --model_dir: flags.json, model.keras (the final student),
 distilled.keras (the student before AFT, when --aft_epochs > 0),
@@ -8,8 +9,11 @@ checkpoints/distill/ and checkpoints/aft/ (the full training state after every
 epoch and every --checkpoint_every_steps: student, embedding heads, GACD
 memory bank and Z, optimizer, random generators; started again with the same
 flags, a killed run resumes from them), metrics.json (natural and PGD robust accuracy of the final student, and of
-the distilled one before AFT, plus the method's settings), distill_log.csv /
-aft_log.csv and TensorBoard logs in logs/distill and logs/aft.
+the distilled one before AFT, plus the method's settings; GACD adds
+bank_cross_class_cosine, the collapse detector of its student bank after
+distillation), distill_log.csv / aft_log.csv and TensorBoard logs in
+logs/distill and logs/aft. --val_examples holds out class-balanced training
+examples (never the test split), validated after each epoch.
 
 Example:
     gacd-distill --method=gacd --teacher=runs/quickstart/model.keras --arch=resnet8 \
@@ -34,7 +38,8 @@ def define_flags():
     attack_flags.define_attack_flags()
     common.define_optimizer_flags(epochs=100, learning_rate=0.1)
     common.define_distribute_flags()
-    common.DEFINE_string("teacher", None, "The robust teacher, a .keras file.")
+    common.DEFINE_string("teacher", None, "The robust teacher, a .keras file (required by "
+                         "every method but the teacher-free 'natural', which ignores it).")
     common.define_load_flags()
     common.DEFINE_string("arch", "resnet20", "Student architecture from the model zoo.")
     common.register_arch_validator()
@@ -49,13 +54,25 @@ def define_flags():
                           "distillation (PGD-AT of the whole student).", lower_bound=0)
     common.DEFINE_float("aft_learning_rate", 0.01, "AFT learning rate (constant).",
                         lower_bound=0.0)
-    common.DEFINE_integer("val_examples", 500, "Test examples attacked after each epoch "
-                          "with the training attack (0: no validation).", lower_bound=0)
+    common.define_validation_flags(500, "attacked after each epoch with the evaluation "
+                                   "attack and logged as val_*")
     common.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
     common.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
     common.define_checkpoint_flags()
     attack_flags.check_one_step_fits("train_step_size", "train_attack_steps", "step_size")
-    flags.mark_flags_as_required(["teacher", "model_dir"])
+    flags.mark_flag_as_required("model_dir")
+    register_teacher_validator()
+
+
+def register_teacher_validator():
+    """--teacher is required unless --method needs none (exactly absl's "required" error)."""
+
+    def check(teacher):
+        cls = method_flags.methods().get(FLAGS["method"].value)
+        return teacher is not None or not cls.NEEDS_TEACHER
+
+    flags.register_validator("teacher", check,
+                             message="Flag --teacher must have a value other than None.")
 
 
 def train_attack():
@@ -77,17 +94,22 @@ def main(argv):
     if run is None:
         return
     model_dir, metrics_path, strategy = run
-    with strategy.scope():
-        teacher = common.load_model_from_flags(FLAGS.teacher, "--teacher")
-    # Refuse a teacher that does not fit the dataset before reading any data.
-    check_model_fits(teacher, get_dataset_info(FLAGS.dataset), role="teacher",
-                     source=FLAGS.teacher)
+    teacher = None
+    if method_flags.method_class().NEEDS_TEACHER:
+        with strategy.scope():
+            teacher = common.load_model_from_flags(FLAGS.teacher, "--teacher")
+        # Refuse a teacher that does not fit the dataset before reading any data.
+        check_model_fits(teacher, get_dataset_info(FLAGS.dataset), role="teacher",
+                         source=FLAGS.teacher)
+    elif FLAGS.teacher:
+        logging.warning("--method=%s trains without a teacher: --teacher=%s is ignored",
+                        FLAGS.method, FLAGS.teacher)
     data = common.load_data_from_flags()
     info, test_ds = data.info, data.test_ds
     steps_per_epoch = data.steps_per_epoch
     common.write_json(os.path.join(model_dir, "flags.json"), common.flag_values())
 
-    teacher_digest = weights_digest(teacher)
+    teacher_digest = weights_digest(teacher) if teacher is not None else None
     with strategy.scope():
         student = common.build_model_from_flags(info)
         trainer, settings = method_flags.method_from_flags(student, teacher,
@@ -98,12 +120,15 @@ def main(argv):
     resumed = {"distill": common.fit_phase(trainer, data, model_dir, "distill", FLAGS.epochs,
                                            model_path)["resumed_from"]}
     seconds = {"distill": round(time.time() - start, 1)}
-    teacher_unchanged = weights_digest(teacher) == teacher_digest
+    teacher_unchanged = teacher is None or weights_digest(teacher) == teacher_digest
     if not teacher_unchanged:  # a bug (or a --teacher file replaced before resuming)
         raise RuntimeError("the teacher's weights changed during distillation; if this run "
                            "was resumed, was the --teacher file replaced?")
 
     result = {}
+    if hasattr(trainer, "bank_cross_class_cosines"):  # GACD: its banks after distillation
+        result.update({name: round(float(value), 6)
+                       for name, value in trainer.bank_cross_class_cosines().items()})
     if FLAGS.aft_epochs:
         # The distilled student's evaluation is kept, so a resumed AFT skips it.
         before_path = os.path.join(common.checkpoint_dir(model_dir, "aft"), "before_aft.json")
@@ -133,7 +158,8 @@ def main(argv):
     # before-AFT evaluation reports exactly what an uninterrupted one does.
     result.update(evaluate_robustness(student, test_ds, attack_flags.eval_attack_from_flags(),
                                       verbose=FLAGS.verbose))
-    result.update(method=FLAGS.method, settings=settings, arch=FLAGS.arch, teacher=FLAGS.teacher,
+    result.update(method=FLAGS.method, settings=settings, arch=FLAGS.arch,
+                  teacher=FLAGS.teacher if teacher is not None else None,
                   dataset=info.name, split="test", model="model.keras",
                   aft_epochs=FLAGS.aft_epochs, train_seconds=seconds, resumed_from=resumed,
                   teacher_unchanged=teacher_unchanged)

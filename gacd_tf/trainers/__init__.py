@@ -16,6 +16,7 @@ from gacd_tf.trainers.kd_distiller import KDDistiller
 from gacd_tf.trainers.linear_probe import LinearProbe
 from gacd_tf.trainers.memory_bank import MemoryBank
 from gacd_tf.trainers.methods import METHODS, MethodContext, build_method
+from gacd_tf.trainers.natural_trainer import NaturalTrainer
 from gacd_tf.trainers.robust_trainer import RobustTrainer, accuracy
 from gacd_tf.trainers.training_checkpoint import TrainingCheckpoint
 
@@ -23,5 +24,5 @@ __all__ = [
     "AdversarialTrainer", "ARDDistiller", "Distiller", "GACDDistiller", "KDDistiller",
     "MemoryBank", "RobustTrainer", "accuracy", "check_teacher_fits_student", "l2_penalty",
     "unpack_batch", "LinearProbe", "TrainingCheckpoint", "fit_resumable", "METHODS",
-    "MethodContext", "build_method",
+    "MethodContext", "build_method", "NaturalTrainer",
 ]
