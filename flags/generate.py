@@ -24,7 +24,10 @@ TABLES = {
     "table1": ("cifar10", ["resnet18", "wrn_34_10"], ["resnet18", "wrn_34_2", "mobilenetv2"]),
     "table2": ("cifar100", ["resnet56", "wrn_40_2"], ["resnet32", "wrn_16_2", "mobilenetv2"]),
 }
-METHOD_FLAGS = {"kd": [], "ard": [], "gacd": ["--aft_epochs=10"]}
+METHOD_FLAGS = {"kd": [], "ard": [], "gacd": ["--aft_epochs=10"],
+                "rslad": ["# RSLAD's official recipe (zibojia/RSLAD, resnet18_rslad_cifar10.py):",
+                          "# 300 epochs, lr x0.1 after epochs 215, 260, 285, weight decay 2e-4.",
+                          "--epochs=300", "--lr_decay_epochs=215,260,285", "--weight_decay=2e-4"]}
 
 
 # Control rows beside each GACD+AFT row: the same AFT budget after other methods.

@@ -18,6 +18,7 @@ from gacd_tf.trainers.memory_bank import MemoryBank
 from gacd_tf.trainers.methods import METHODS, MethodContext, build_method
 from gacd_tf.trainers.natural_trainer import NaturalTrainer
 from gacd_tf.trainers.robust_trainer import RobustTrainer, accuracy
+from gacd_tf.trainers.rslad_distiller import RSLADDistiller  # noqa: F401 (registers "rslad")
 from gacd_tf.trainers.training_checkpoint import TrainingCheckpoint
 
 __all__ = [
