@@ -200,7 +200,8 @@ class AutoAttack:
     def get_config(self):
         return {
             "attack": "autoattack",
-            "version": self.version if not self.custom else f"{self.version} (custom attacks)",
+            "version": self.version,
+            "custom_attacks": self.custom,  # True: the attacks are a custom list
             "attacks": list(self.attacks),
             "eps": self.eps,
             "norm": self.norm,
