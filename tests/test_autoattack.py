@@ -225,8 +225,11 @@ def test_final_flags_are_the_and_of_the_attacks_run_alone():
                PGD(eps=EPS, step_size=2 / 255, steps=4, random_start=False)]
     alone = [a.perturb(model, x, y) for a in attacks]
     flags = np.stack([r.numpy() for _, r in alone])
-    result = AutoAttack(attacks=attacks, verbose=0).run(model, x, y, batch_size=24)
+    ensemble = AutoAttack(attacks=attacks, verbose=0)
+    result = ensemble.run(model, x, y, batch_size=24)
     assert list(result["robust_accuracy_by_attack"]) == ["fgsm", "pgd", "pgd_2"]
+    # Subsets of several sizes, one trace per attack (None batch dimension).
+    assert [f.experimental_get_tracing_count() for f in ensemble._compiled.values()] == [1] * 4
     np.testing.assert_array_equal(result["robust"], flags.all(0))
     cumulative = np.logical_and.accumulate(flags, axis=0).mean(1)
     assert list(result["robust_accuracy_by_attack"].values()) == pytest.approx(cumulative)
