@@ -128,17 +128,23 @@ def test_validation_examples_come_from_the_training_split_and_are_not_trained_on
 
 
 @pytest.mark.slow
-def test_distill_natural_needs_no_teacher_and_validates_on_held_out_training_data(tmp_path):
+def test_distill_natural_needs_no_teacher_validates_on_training_data_and_autoattacks(tmp_path):
     data_dir = write_tiny_cifar10(tmp_path / "data", train=40, test=20)
     out = tmp_path / "natural"
     result = run_program(
         "distill", "--method=natural", "--arch=resnet8", f"--data_dir={data_dir}",
         "--epochs=1", "--aft_epochs=1", "--batch_size=8", "--train_attack_steps=1",
-        "--attack_steps=1", "--val_examples=10", f"--model_dir={out}", "--verbose=0")
+        "--attack_steps=1", "--val_examples=10", "--final_autoattack_examples=10",
+        f"--model_dir={out}", "--verbose=0")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "natural" and metrics["teacher"] is None
     assert metrics["num_examples"] == 20 and "before_aft" in metrics
+    # AutoAttack of the final student, and of the student before AFT.
+    for result in (metrics, metrics["before_aft"]):
+        autoattack = result["autoattack"]
+        assert autoattack["num_examples"] == 10
+        assert 0 <= autoattack["robust_accuracy"] <= autoattack["natural_accuracy"] <= 1
     assert "bank_cross_class_cosine" not in metrics
     log = (out / "distill_log.csv").read_text().splitlines()
     assert "val_adv_accuracy" in log[0] and len(log) == 2

@@ -8,10 +8,11 @@ distilled.keras (the student before AFT, when --aft_epochs > 0),
 checkpoints/distill/ and checkpoints/aft/ (the full training state after every
 epoch and every --checkpoint_every_steps: student, embedding heads, GACD
 memory bank and Z, optimizer, random generators; started again with the same
-flags, a killed run resumes from them), metrics.json (natural and PGD robust accuracy of the final student, and of
-the distilled one before AFT, plus the method's settings; GACD adds
-bank_cross_class_cosine, the collapse detector of its student bank after
-distillation), distill_log.csv / aft_log.csv and TensorBoard logs in
+flags, a killed run resumes from them), metrics.json (natural and PGD robust
+accuracy of the final student, and of the distilled one before AFT, plus the
+method's settings; with --final_autoattack_examples=N also their AutoAttack
+figures under "autoattack"; GACD adds bank_cross_class_cosine, the collapse
+detector of its student bank after distillation), distill_log.csv / aft_log.csv and TensorBoard logs in
 logs/distill and logs/aft. --val_examples holds out class-balanced training
 examples (never the test split), validated after each epoch.
 
@@ -36,6 +37,7 @@ from gacd_tf.programs.common import FLAGS  # noqa: E402
 def define_flags():
     common.define_data_flags(train=True)
     attack_flags.define_attack_flags()
+    attack_flags.define_final_autoattack_flags()
     common.define_optimizer_flags(epochs=100, learning_rate=0.1)
     common.define_distribute_flags()
     common.DEFINE_string("teacher", None, "The robust teacher, a .keras file (required by "
@@ -140,6 +142,10 @@ def main(argv):
             logging.info("evaluating the distilled student before AFT")
             result["before_aft"] = evaluate_robustness(
                 student, test_ds, attack_flags.eval_attack_from_flags(), verbose=FLAGS.verbose)
+            autoattack = attack_flags.final_autoattack(student, info.name, FLAGS.data_dir,
+                                                       FLAGS.batch_size)
+            if autoattack:
+                result["before_aft"]["autoattack"] = autoattack
             os.makedirs(os.path.dirname(before_path), exist_ok=True)
             common.write_json(before_path, result["before_aft"])
         with strategy.scope():
@@ -158,6 +164,10 @@ def main(argv):
     # before-AFT evaluation reports exactly what an uninterrupted one does.
     result.update(evaluate_robustness(student, test_ds, attack_flags.eval_attack_from_flags(),
                                       verbose=FLAGS.verbose))
+    autoattack = attack_flags.final_autoattack(student, info.name, FLAGS.data_dir,
+                                               FLAGS.batch_size)
+    if autoattack:
+        result["autoattack"] = autoattack
     result.update(method=FLAGS.method, settings=settings, arch=FLAGS.arch,
                   teacher=FLAGS.teacher if teacher is not None else None,
                   dataset=info.name, split="test", model="model.keras",
