@@ -27,7 +27,10 @@ TABLES = {
 METHOD_FLAGS = {"kd": [], "ard": [], "gacd": ["--aft_epochs=10"],
                 "rslad": ["# RSLAD's official recipe (zibojia/RSLAD, resnet18_rslad_cifar10.py):",
                           "# 300 epochs, lr x0.1 after epochs 215, 260, 285, weight decay 2e-4.",
-                          "--epochs=300", "--lr_decay_epochs=215,260,285", "--weight_decay=2e-4"]}
+                          "--epochs=300", "--lr_decay_epochs=215,260,285", "--weight_decay=2e-4"],
+                "adaad": ["# AdaAD's official recipe (boyellow/AdaAD, main.py and its README):",
+                          "# 200 epochs, lr x0.1 at epochs 100, 150, weight decay 5e-4.",
+                          "--epochs=200", "--lr_decay_epochs=100,150", "--weight_decay=5e-4"]}
 
 
 # Control rows beside each GACD+AFT row: the same AFT budget after other methods.

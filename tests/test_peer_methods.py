@@ -1,4 +1,4 @@
-"""The peer methods (PEERS: RSLAD): losses and inner objectives equal NumPy
+"""The peer methods (PEERS: RSLAD, AdaAD): losses and inner objectives equal NumPy
 re-derivations of the official code's formulas, their adversarial examples stay in
 the threat model and raise the inner objective, a mirrored step equals a
 single-device step, a killed run resumes to the uninterrupted result, and
@@ -17,15 +17,19 @@ from gacd_tf import data
 from gacd_tf.attacks import PGD
 from gacd_tf.distribute import make_strategy
 from gacd_tf.trainers import METHODS, MethodContext, TrainingCheckpoint, fit_resumable
+from gacd_tf.trainers.adaad_distiller import (AdaADAttack, AdaADDistiller, AdaADObjective,
+                                              adaad_loss)
 from gacd_tf.trainers.rslad_distiller import RSLADAttack, RSLADDistiller, rslad_loss
 from tiny_models import tiny
 
 EPS = 8 / 255
 PEERS = [
     "rslad",
+    "adaad",
 ]
 OFFICIAL_ALPHA = {
     "rslad": 5 / 6,
+    "adaad": 1.0,
 }
 
 
@@ -95,6 +99,58 @@ def test_rslad_inner_objective_is_the_kl_from_the_teacher_s_natural_prediction()
     np.testing.assert_allclose(got.numpy(), kl_rows(teacher, student), rtol=1e-5, atol=1e-6)
 
 
+# --- AdaAD ------------------------------------------------------------------------------
+
+def official_adaad(adv, nat, t_adv, t_nat, alpha):
+    """AdaAD's main.py, literally: nn.KLDivLoss() (mean over every element) on CIFAR-10,
+    sum / batch on CIFAR-100."""
+    def kl(student, teacher):
+        b = np.exp(log_softmax(teacher))
+        elements = b * (np.log(b) - log_softmax(student))
+        return elements.mean() if teacher.shape[1] == 10 else elements.sum() / len(teacher)
+
+    return alpha * kl(adv, t_adv) + (1 - alpha) * kl(nat, t_nat)
+
+
+@pytest.mark.parametrize("classes, alpha", [(10, 1.0), (10, 0.4), (100, 0.7)])
+def test_adaad_official_loss_is_the_official_scripts_formula(classes, alpha):
+    logits = random_logits(np.random.default_rng(classes), 6, classes, 4)
+    got = float(adaad_loss(*f32(*logits), alpha=alpha))
+    assert got == pytest.approx(official_adaad(*logits, alpha), rel=1e-5)
+
+
+@pytest.mark.parametrize("alpha, reduction, weighted", [
+    (1.0, "batchmean", False), (0.3, "mean", True), (0.6, "official", True)])
+def test_adaad_loss_equals_numpy(alpha, reduction, weighted):
+    rng = np.random.default_rng(3)
+    adv, nat, t_adv, t_nat = random_logits(rng, 5, 7, 4)
+    w = rng.uniform(0, 1, 5) if weighted else np.ones(5)
+    want = alpha * np.mean(w * kl_rows(t_adv, adv)) + (1 - alpha) * np.mean(
+        w * kl_rows(t_nat, nat))
+    want /= 7 if reduction == "mean" else 1  # "official" with 7 classes: the plain KL
+    got = adaad_loss(*f32(adv, nat, t_adv, t_nat), alpha=alpha, kl_reduction=reduction,
+                     sample_weight=tf.constant(w, tf.float32) if weighted else None)
+    assert float(got) == pytest.approx(want, rel=1e-5)
+
+
+def test_adaad_inner_objective_and_its_gradient_through_the_teacher_equal_numpy():
+    student, teacher = random_logits(np.random.default_rng(4), 4, 10, 2)
+    s, t = f32(student, teacher)
+    with tf.GradientTape() as tape:
+        tape.watch([s, t])
+        value = AdaADObjective()({"logits": s, "teacher_logits": t}, None)
+        total = tf.reduce_sum(value)
+    grad_s, grad_t = tape.gradient(total, [s, t])
+    kl = kl_rows(teacher, student)
+    np.testing.assert_allclose(value.numpy(), kl, rtol=1e-5, atol=1e-6)
+    p, q = np.exp(log_softmax(teacher)), np.exp(log_softmax(student))
+    # d KL / d z_S = q - p; d KL / d z_T = p (log p - log q - KL): the teacher is not detached.
+    np.testing.assert_allclose(grad_s.numpy(), q - p, atol=1e-5)
+    want_t = p * (log_softmax(teacher) - log_softmax(student) - kl[:, None])
+    np.testing.assert_allclose(grad_t.numpy(), want_t, atol=1e-5)
+    assert np.abs(want_t).max() > 1e-2
+
+
 # --- Both: the inner attack ---------------------------------------------------------------
 
 def images(rng, n=8):
@@ -110,8 +166,14 @@ def rslad_inner_problem(attack_kwargs):
     return RSLADAttack(**attack_kwargs), student, tf.nn.softmax(teacher(x, training=False)), x
 
 
+def adaad_inner_problem(attack_kwargs):
+    pair = AdaADDistiller(tiny(1, "student"), tiny(2, "teacher", width=6)).student_and_teacher
+    return AdaADAttack(**attack_kwargs), pair, None, images(np.random.default_rng(0))
+
+
 INNER_PROBLEMS = {
     "rslad": rslad_inner_problem,
+    "adaad": adaad_inner_problem,
 }
 
 
@@ -158,6 +220,7 @@ def test_the_start_is_x_plus_small_gaussian_noise_and_is_returned_projected(meth
 
 @pytest.mark.parametrize("attack_class", [
     RSLADAttack,
+    AdaADAttack,
 ])
 def test_a_replica_starts_from_its_rows_of_the_single_device_draw(attack_class):
     x = images(np.random.default_rng(0))
@@ -195,6 +258,7 @@ def build(method, reweight=True, batch_norm=True):
     teacher = tiny(2, "teacher", width=6, batch_norm=batch_norm)
     trainer, attack = {
         "rslad": (RSLADDistiller, RSLADAttack),
+        "adaad": (AdaADDistiller, AdaADAttack),
     }[method]
     return trainer(student, teacher, attack=attack(steps=2, seed=3), alpha=0.5,
                    reweight=reweight, eval_attack=PGD(steps=1, seed=4))
@@ -308,6 +372,8 @@ def tiny_run_inputs(tmp_path_factory):
 END_TO_END = {
     "rslad": (["--reweight", "--rslad_kl_reduction=batchmean"],
               {"reweight": True, "rslad_kl_reduction": "batchmean", "rslad_alpha": 5 / 6}),
+    "adaad": (["--adaad_alpha=0.5"],
+              {"reweight": False, "adaad_alpha": 0.5, "adaad_kl_reduction": "official"}),
 }
 
 

@@ -7,6 +7,7 @@ method by name.
 """
 
 from gacd_tf.trainers.adversarial_trainer import AdversarialTrainer
+from gacd_tf.trainers.adaad_distiller import AdaADDistiller  # noqa: F401 (registers "adaad")
 from gacd_tf.trainers.ard_distiller import ARDDistiller
 from gacd_tf.trainers.common import l2_penalty, unpack_batch
 from gacd_tf.trainers.distiller import Distiller, check_teacher_fits_student
