@@ -362,8 +362,10 @@ def define_checkpoint_flags():
                 "--seed, two runs on the same machine give identical weights (slower).")
 
 
-# Flags that may change when a run is resumed (they do not change what is trained).
-RESUME_MAY_CHANGE = ("verbose", "checkpoint_every_steps", "data_dir", "unsafe_load")
+# Flags that may change when a run is resumed (they do not change what is trained,
+# only how it is run or what the final AutoAttack report covers).
+RESUME_MAY_CHANGE = ("verbose", "checkpoint_every_steps", "data_dir", "unsafe_load",
+                     "final_autoattack_examples", "aa_version", "aa_attacks", "aa_seed")
 
 
 def checkpoint_dir(model_dir, phase):
