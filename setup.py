@@ -51,6 +51,7 @@ setup(
             "gacd-distill=gacd_tf.programs.distill:entry_point",
             "gacd-export=gacd_tf.programs.export:entry_point",
             "gacd-analyze=gacd_tf.programs.analyze:entry_point",
+            "gacd-reproduce=gacd_tf.programs.reproduce:entry_point",
         ]
     },
     classifiers=[

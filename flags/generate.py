@@ -122,11 +122,135 @@ def flagfiles():
     for t in ("0.02", "0.05", "0.07", "0.1", "0.2"):
         files.append(cell("sweeps", "cifar10", "resnet18", "resnet18", "gacd",
                           [f"--nce_t={t}"], name=f"nce_t_{t}"))
+    return files + reproduce_files()
+
+
+# ----------------------------------------------------------------------------- gacd-reproduce
+# Grids of gacd-reproduce (flags/reproduce/*.cfg) and the flagfiles they run.
+THREAT = ["--eps=0.031372549", "--step_size=0.0078431373", "--attack=pgd", "--attack_steps=20"]
+
+
+def text_file(path, lines):
+    return ROOT / path, "\n".join(lines) + "\n"
+
+
+def grid_file(name, comment, seeds, groups):
+    """A gacd-reproduce grid: ``groups`` = [(name, teacher flagfile or None, [(label, value)])]."""
+    lines = [*(f"# {line}" for line in comment),
+             f"# Run: gacd-reproduce --grid=flags/reproduce/{name}.cfg --output_dir=DIR "
+             "[--data_dir=DIR]", "", "[grid]", f"seeds = {', '.join(map(str, seeds))}"]
+    for group, teacher, rows in groups:
+        suffix = f" {group}" if group else ""
+        if teacher:
+            lines += ["", f"[teacher{suffix}]", f"flagfile = {teacher}"]
+        lines += ["", f"[methods{suffix}]", *(f"{label} = {value}" for label, value in rows)]
+    return text_file(f"reproduce/{name}.cfg", lines)
+
+
+def with_controls(prefix, aft_rows):
+    """Rows of AFT runs, each followed by its "before AFT" row: [(label, flagfile)] -> rows."""
+    rows = []
+    for label, flagfile, before in aft_rows:
+        if before:
+            rows.append((f"{prefix}{before}", f"before_aft of {prefix}{label}"))
+        rows.append((f"{prefix}{label}", flagfile))
+    return rows
+
+
+def reproduce_files():
+    files = []
+    # smoke: what the tests run (seconds per run on tiny data).
+    smoke = "flags/reproduce/smoke"
+    data = ["--dataset=cifar10", "--arch=resnet8", "--train_examples=200", "--val_examples=0",
+            "--test_examples=100", "--batch_size=100", "--epochs=1", "--lr_schedule=constant",
+            "--train_attack_steps=1", "--eps=0.031372549", "--step_size=0.0078431373",
+            "--attack=pgd", "--attack_steps=1", "--checkpoint_every_steps=0", "--verbose=0"]
+    files.append(text_file("reproduce/smoke/teacher.cfg", [
+        "# gacd-reproduce smoke grid, the teacher: ResNet-8, 1 epoch of PGD-1 AT on 200 images.",
+        *data, "--seed=0"]))
+    files.append(text_file("reproduce/smoke/natural.cfg", [
+        "# natural: cross-entropy on natural images (no teacher), 1 epoch.",
+        *data, "--method=natural"]))
+    files.append(text_file("reproduce/smoke/gacd_aft.cfg", [
+        "# GACD (two-sided NCE), 1 epoch, then 1 epoch of AFT.",
+        *data, "--method=gacd", "--nce_k=16", "--embed_dim=16", "--aft_epochs=1"]))
+    files.append(grid_file("smoke", [
+        "Smoke grid (the tests run it on tiny data): two methods, two seeds, one epoch each."],
+        [0, 1], [("", f"{smoke}/teacher.cfg", with_controls("", [
+            ("natural", f"{smoke}/natural.cfg", None),
+            ("GACD+AFT", f"{smoke}/gacd_aft.cfg", "GACD")]))]))
+
+    # cpu: a CPU-scale grid on a 10,000-image CIFAR-10 subset, every row the same budget.
+    cpu = "flags/reproduce/cpu"
+    budget = ["--train_examples=10000", "--val_examples=500", "--batch_size=128",
+              "--learning_rate=0.1", "--momentum=0.9", "--weight_decay=5e-4",
+              "--lr_schedule=cosine", "--train_attack_steps=5", "--train_step_size=0.0156862745",
+              *THREAT, "--final_autoattack_examples=1000", "--verbose=2"]
+    files.append(text_file("reproduce/cpu/teacher.cfg", [
+        "# gacd-reproduce CPU-scale grid, the teacher: ResNet-20, Madry PGD-AT (PGD-5, step",
+        "# 2.5 eps / 5) for 15 epochs on a class-balanced 10,000-image CIFAR-10 subset (500",
+        "# more held out for validation), cosine lr; PGD-20 on the whole test split, AutoAttack",
+        "# (standard) on a class-balanced 1,000 of it.",
+        "--dataset=cifar10", "--arch=resnet20", "--epochs=15", *budget, "--seed=0"]))
+    files.append(text_file("reproduce/cpu/common.cfg", [
+        "# gacd-reproduce CPU-scale grid, every student (same budget for every row): ResNet-8,",
+        "# 15 epochs of its method on the teacher's 10,000 images, then 5 epochs of AFT (PGD-5",
+        "# AT, lr 0.01); the rows without AFT are these runs before their AFT.",
+        "--dataset=cifar10", "--arch=resnet8", "--epochs=15", *budget, "--aft_epochs=5",
+        "--aft_learning_rate=0.01"]))
+    gacd = ["--method=gacd", "--nce_k=4096", "--nce_t=0.1", "--nce_momentum=0.5",
+            "--embed_dim=128", "--w_nce=0.8", "--w_ce=1.0"]
+    methods = {
+        "natural_aft": ("natural+AFT: cross-entropy on natural images (no teacher), then AFT.",
+                        ["--method=natural"]),
+        "kd_aft": ("KD (a 0.9, T 4), then AFT.", ["--method=kd"]),
+        "ard_aft": ("ARD (a 1, T 30, PGD-5 student attack), then AFT.", ["--method=ard"]),
+        "gacd_two_sided_aft": ("GACD, two-sided NCE (the default), k 4096, then AFT.",
+                               [*gacd, "--nce_form=two_sided"]),
+        "gacd_one_sided_aft": ("GACD, one-sided NCE (paper-literal ablation), k 4096, then AFT.",
+                               [*gacd, "--nce_form=one_sided"]),
+    }
+    for name, (comment, flags) in methods.items():
+        files.append(text_file(f"reproduce/cpu/{name}.cfg", [
+            f"# {comment}", f"--flagfile={cpu}/common.cfg", *flags]))
+    files.append(grid_file("cpu", [
+        "CPU-scale grid: ResNet-20 PGD-AT teacher, ResNet-8 students on 10,000 CIFAR-10 images,",
+        "three seeds, the same budget for every row (15 epochs, +5 of AFT). Hours on 2 cores;",
+        "stop and start it again at will: finished runs are skipped, killed ones resume."],
+        [0, 1, 2], [("", f"{cpu}/teacher.cfg", with_controls("", [
+            ("natural+AFT", f"{cpu}/natural_aft.cfg", "natural"),
+            ("KD+AFT", f"{cpu}/kd_aft.cfg", "KD"),
+            ("ARD+AFT", f"{cpu}/ard_aft.cfg", "ARD"),
+            ("GACD two-sided+AFT", f"{cpu}/gacd_two_sided_aft.cfg", "GACD two-sided"),
+            ("GACD one-sided+AFT", f"{cpu}/gacd_one_sided_aft.cfg", "GACD one-sided")]))]))
+
+    # paper: Tables 1-2 with their control rows, one group per teacher.
+    groups = []
+    for folder, (dataset, teachers, students) in TABLES.items():
+        for teacher in teachers:
+            rows = []
+            for student in students:
+                cell_name = f"flags/{folder}/{dataset}_{teacher}_to_{student}"
+                rows += with_controls(f"{student} ", [
+                    ("KD+AFT", f"{cell_name}_kd_aft.cfg", "KD"),
+                    ("ARD+AFT", f"{cell_name}_ard_aft.cfg", "ARD"),
+                    ("GACD+AFT", f"{cell_name}_gacd.cfg", "GACD")])
+                rows.append((f"{student} ARD as its code runs", f"{cell_name}_ard_code.cfg"))
+            groups.append((f"{dataset} {teacher}", f"flags/teacher_{dataset}_{teacher}.cfg",
+                           rows))
+        groups.append((f"{dataset} no teacher", None, [
+            row for student in students for row in with_controls(f"{student} ", [
+                ("natural+AFT", f"flags/{folder}/{dataset}_{student}_natural_aft.cfg",
+                 "natural")])]))
+    files.append(grid_file("paper", [
+        "The paper's Tables 1-2 (CIFAR-10, CIFAR-100) with the control rows: each teacher, then",
+        "KD, ARD, GACD with and without AFT, ARD as its code runs, and natural+AFT, 3 seeds.",
+        "GPU-scale (200 epochs per run)."], [0, 1, 2], groups))
     return files
 
 
 if __name__ == "__main__":
     for path, text in flagfiles():
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     print(f"wrote {len(flagfiles())} flagfiles")

@@ -165,7 +165,8 @@ def metric_curves(values, series, path, xlabel, ylabel="accuracy", failed=(), ti
     return _save(figure, path)
 
 
-def grouped_bars(names, series, path, ylabel="accuracy", title=None):
+def grouped_bars(names, series, path, ylabel="accuracy", title=None, errors=None,
+                 size=CHART):
     """Grouped bar chart: one group per name, one bar per series (e.g. natural, robust).
 
     Args:
@@ -174,21 +175,31 @@ def grouped_bars(names, series, path, ylabel="accuracy", title=None):
         path: the PNG to write.
         ylabel: the y axis label.
         title: the figure's title.
+        errors: optional dict name -> list of error-bar half-lengths (e.g. the
+            standard deviation over seeds; None draws no error bar).
+        size: ``(width, height)`` in inches.
 
     Returns:
         ``path``.
     """
-    figure = _figure(CHART)
+    figure = _figure(size)
     ax = figure.subplots()
     width = 0.8 / max(1, len(series))
+    errors = errors or {}
     for j, (label, heights) in enumerate(series.items()):
         xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(names))]
         hs = [h if h is not None and math.isfinite(h) else 0.0 for h in heights]
-        bars = ax.bar(xs, hs, width, label=label)
+        spread = errors.get(label)
+        if spread is not None:
+            spread = [e if e is not None and math.isfinite(e) else 0.0 for e in spread]
+        bars = ax.bar(xs, hs, width, label=label, yerr=spread,
+                      capsize=2 if spread is not None else 0)
         ax.bar_label(bars, [f"{h:.3f}" if h is not None else "" for h in heights], fontsize=7)
     ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1.05 * max([1e-6] + [h or 0 for hs in series.values() for h in hs]))
+    tops = [(h or 0) + ((errors.get(label) or [0] * len(hs))[i] or 0)
+            for label, hs in series.items() for i, h in enumerate(hs)]
+    ax.set_ylim(0, 1.05 * max([1e-6] + tops))
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
