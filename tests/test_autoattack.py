@@ -293,9 +293,13 @@ def test_the_version_settings_follow_the_reference():
     config = aa.get_config()["settings"]
     assert config["apgd-t"]["n_target_classes"] == 9 and config["fab-t"]["n_target_classes"] == 9
     assert config["square"]["n_queries"] == 5000
+    # AutoAttack builds Square with resc_schedule=False (autoattack.py): p halves
+    # at the raw query counts 10, 50, ..., 4000 of its 5,000 queries.
+    assert config["square"]["rescale_schedule"] is False
     plus = AutoAttack(version="plus")
     assert list(plus.attacks) == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
     assert plus.get_config()["settings"]["apgd-ce"]["n_restarts"] == 5
+    assert plus.get_config()["settings"]["square"]["rescale_schedule"] is False
     rand = AutoAttack(version="rand")
     assert list(rand.attacks) == ["apgd-ce", "apgd-dlr"]
 

@@ -253,8 +253,14 @@ def test_square_size_schedule():
                 2001: 4, 4001: 3, 6001: 2, 8001: 1, 9999: 1}
     for query, side in expected.items():
         assert sizes[query] == side, (query, sizes[query], side)
-    # 5,000 queries: the same schedule at half the query counts.
+    # 5,000 queries, rescaled (the reference's standalone default): the same
+    # schedule at half the query counts.
     np.testing.assert_array_equal(square_sizes(5000, 0.8, 32, 32, 3), sizes[::2])
+    # 5,000 queries as AutoAttack runs Square (resc_schedule=False): the raw
+    # counts, i.e. the first half of the 10,000-query schedule.
+    raw = square_sizes(5000, 0.8, 32, 32, 3, rescale_schedule=False)
+    np.testing.assert_array_equal(raw, sizes[:5000])
+    assert raw[10] == 29 and raw[11] == 20 and raw[1000] == 7 and raw[4500] == 3
     # Never larger than the image, never below 1.
     small = square_sizes(100, 1.0, 3, 5, 1)
     assert small.max() == 3 and small.min() >= 1

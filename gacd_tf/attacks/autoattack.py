@@ -27,7 +27,7 @@ VERSIONS = {
             "apgd-ce": {"n_restarts": 1, "n_iter": 100},
             "apgd-t": {"n_restarts": 1, "n_iter": 100, "n_target_classes": 9},
             "fab-t": {"n_restarts": 1, "n_iter": 100, "n_target_classes": 9},
-            "square": {"n_queries": 5000, "p_init": 0.8},
+            "square": {"n_queries": 5000, "p_init": 0.8, "rescale_schedule": False},
         },
     },
     "plus": {
@@ -36,7 +36,7 @@ VERSIONS = {
             "apgd-ce": {"n_restarts": 5, "n_iter": 100},
             "apgd-dlr": {"n_restarts": 5, "n_iter": 100},
             "fab": {"n_restarts": 5, "n_iter": 100},
-            "square": {"n_queries": 5000, "p_init": 0.8},
+            "square": {"n_queries": 5000, "p_init": 0.8, "rescale_schedule": False},
             "apgd-t": {"n_restarts": 1, "n_iter": 100, "n_target_classes": 9},
             "fab-t": {"n_restarts": 1, "n_iter": 100, "n_target_classes": 9},
         },

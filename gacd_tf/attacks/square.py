@@ -20,13 +20,16 @@ from gacd_tf.errors import ConfigError
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
-def square_sizes(n_queries, p_init, height, width, channels):
+def square_sizes(n_queries, p_init, height, width, channels, rescale_schedule=True):
     """Side of the square tried at each query, as the reference schedules it.
 
     The fraction ``p`` of pixels changed starts at ``p_init`` and halves after
-    the (rescaled) query counts 10, 50, 200, 500, 1000, 2000, 4000, 6000 and
-    8000 of a 10,000-query budget; the side is
-    ``round(sqrt(p * height * width))``, at least 1, at most the image side.
+    the query counts 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000; with
+    ``rescale_schedule`` (the reference's standalone default) these counts are
+    those of a 10,000-query budget stretched to ``n_queries``; without it (what
+    AutoAttack uses: ``resc_schedule=False``) they are raw query counts. The
+    side is ``round(sqrt(p * height * width))``, at least 1, at most the image
+    side.
 
     Returns:
         int32 NumPy array ``[n_queries]``.
@@ -34,7 +37,7 @@ def square_sizes(n_queries, p_init, height, width, channels):
     n_features = height * width * channels
     sizes = np.empty([n_queries], np.int32)
     for i in range(n_queries):
-        it = int(i / n_queries * 10000)
+        it = int(i / n_queries * 10000) if rescale_schedule else i
         p = p_init / 2 ** sum(it > h for h in _HALVINGS)
         side = max(round(math.sqrt(p * n_features / channels)), 1)
         sizes[i] = min(side, height, width)
@@ -87,7 +90,8 @@ class Square:
 
     name = "square"
 
-    def __init__(self, eps=8 / 255, norm="linf", seed=None, n_queries=5000, p_init=0.8, n_restarts=1):
+    def __init__(self, eps=8 / 255, norm="linf", seed=None, n_queries=5000, p_init=0.8, n_restarts=1,
+                 rescale_schedule=True):
         def number(value):
             return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -106,6 +110,7 @@ class Square:
         self.n_queries = int(n_queries)
         self.p_init = float(p_init)
         self.n_restarts = int(n_restarts)
+        self.rescale_schedule = bool(rescale_schedule)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def _single_run(self, model, x, y, active):
@@ -124,7 +129,8 @@ class Square:
         margin_best = _margin(logits, y)
         broken = active & (tf.argmax(logits, axis=1, output_type=tf.int32) != y)
 
-        sizes = tf.constant(square_sizes(self.n_queries, self.p_init, height, width, channels))
+        sizes = tf.constant(square_sizes(self.n_queries, self.p_init, height, width, channels,
+                                          self.rescale_schedule))
         # All draws up front: square corner (2 uniforms) and channel signs.
         draws = keras.random.uniform([self.n_queries, 2 + channels], seed=self.seed_generator)
         rows = tf.range(height)[:, None]
@@ -197,4 +203,5 @@ class Square:
             "n_queries": self.n_queries,
             "p_init": self.p_init,
             "n_restarts": self.n_restarts,
+            "rescale_schedule": self.rescale_schedule,
         }
