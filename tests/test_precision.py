@@ -124,3 +124,62 @@ def test_bfloat16_xla_teacher_from_the_command_line_exports_float32_serving(tmp_
     assert spec.dtype == tf.float32
     outputs = serving(images=tf.random.uniform([2, 32, 32, 3]))
     assert outputs["logits"].dtype == tf.float32
+
+
+def confident_float16_model():
+    """A float16 network (float32 logits) whose margins are large (~50)."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    model = tiny(3, "confident")
+    kernel, bias = model.get_layer("logits").get_weights()
+    model.get_layer("logits").set_weights([kernel * 200.0, bias])
+    return model
+
+
+def test_float16_attack_gradients_do_not_underflow():
+    previous = keras.mixed_precision.global_policy()
+    try:
+        model = confident_float16_model()
+        x, _, _ = batch(32)
+        y = tf.argmax(model(x), -1, output_type=tf.int32)  # correct and confident
+        # The plain cross-entropy gradient of a confident float16 network
+        # flushes to zero for some rows (this is what the scale is for) ...
+        with tf.GradientTape() as tape:
+            tape.watch(x := tf.constant(x))
+            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, model(x)))
+        plain = tape.gradient(loss, x).numpy().reshape(32, -1)
+        assert (np.abs(plain).max(1) == 0).any()
+        # ... while the attack's gradient reaches every row.
+        grad = PGD(steps=1).gradient(model, x, y).numpy().reshape(32, -1)
+        assert (np.abs(grad).max(1) > 0).all()
+        # Its direction is the float32 network's (up to float16 rounding).
+        from gacd_tf.models.io import float32_copy
+
+        keras.mixed_precision.set_global_policy("float32")
+        want = PGD(steps=1).gradient(float32_copy(model), x, y).numpy().reshape(32, -1)
+        assert np.mean(np.sign(grad) == np.sign(want)) > 0.95
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def test_robustness_is_measured_on_a_float32_twin():
+    from gacd_tf.evaluation import evaluate_robustness
+    from gacd_tf.models.io import float32_copy
+
+    previous = keras.mixed_precision.global_policy()
+    try:
+        model = confident_float16_model()
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    twin = float32_copy(model)
+    assert twin is not model and all(layer.compute_dtype == "float32"
+                                     for layer in twin._flatten_layers())
+    for a, b in zip(twin.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x, y, _ = batch(16)
+    np.testing.assert_allclose(twin(x).numpy(), model(x).numpy(), rtol=0.05, atol=0.5)
+    assert float32_copy(twin) is twin  # float32 models are used as they are
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    attack = PGD(steps=3, random_start=False)
+    got, want = (evaluate_robustness(m, ds, attack, verbose=0) for m in (model, twin))
+    assert (got["natural_accuracy"], got["robust_accuracy"]) == (
+        want["natural_accuracy"], want["robust_accuracy"])

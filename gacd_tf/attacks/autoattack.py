@@ -272,7 +272,10 @@ class AutoAttack:
             points), ``labels`` and ``predictions`` (the model's classes of
             ``x_adv``). :func:`json_result` drops the arrays.
         """
+        from gacd_tf.models.io import float32_copy
+
         verbose = self.verbose if verbose is None else verbose
+        model = float32_copy(model)  # robustness is measured in float32
         x, y, batch_size = _as_arrays(x, y, batch_size)
         n = len(y)
         start = time.time()

@@ -105,10 +105,7 @@ class PGD:
         return x_adv + self.step_size * self.norm.ascent_direction(grad)
 
     def gradient(self, model, x_adv, target):
-        with tf.GradientTape() as tape:
-            tape.watch(x_adv)
-            loss = tf.reduce_sum(self.objective(model(x_adv, training=False), target))
-        return tape.gradient(loss, x_adv)
+        return self._loss_and_gradient(model, x_adv, target)[1]
 
     def __call__(self, model, x, target):
         """Adversarial examples for the batch ``x``.
@@ -212,13 +209,38 @@ class PGD:
 
     def _loss_and_gradient(self, model, x_adv, target):
         """Per-example objective, its input gradient (as :meth:`gradient`) and the logits."""
+        zero = tf.UnconnectedGradients.ZERO
+        if not computes_in_float16(model):
+            with tf.GradientTape() as tape:
+                tape.watch(x_adv)
+                outputs = model(x_adv, training=False)
+                loss = self.objective(outputs, target)
+                total = tf.reduce_sum(loss)
+            # A model without a gradient path to its input (masked gradients) gets zeros.
+            grad = tape.gradient(total, x_adv, unconnected_gradients=zero)
+            return loss, grad, as_outputs(outputs)["logits"]
+        # A float16 network flushes the small gradients of confident points to
+        # zero on their way back to the input (those points could then not be
+        # attacked). The objective's gradient at the outputs is taken in
+        # float32 and scaled, per example, to a maximum of 1 before it enters
+        # the network: in inference mode an example's input gradient depends
+        # only on its own outputs, so its direction (all that sign or
+        # normalised steps use) is unchanged.
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
-            outputs = model(x_adv, training=False)
-            loss = self.objective(outputs, target)
+            outputs = tf.nest.map_structure(lambda t: tf.cast(t, tf.float32),
+                                            model(x_adv, training=False))
+        flat = tf.nest.flatten(outputs)
+        with tf.GradientTape() as inner:
+            inner.watch(flat)
+            loss = self.objective(tf.nest.pack_sequence_as(outputs, flat), target)
             total = tf.reduce_sum(loss)
-        # A model without a gradient path to its input (masked gradients) gets zeros.
-        grad = tape.gradient(total, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        upstream = inner.gradient(total, flat, unconnected_gradients=zero)
+        peak = tf.add_n([tf.reduce_max(tf.abs(tf.reshape(g, [tf.shape(g)[0], -1])), 1)
+                         for g in upstream])
+        upstream = [g / tf.reshape(tf.maximum(peak, 1e-30), [-1] + [1] * (g.shape.rank - 1))
+                    for g in upstream]
+        grad = tape.gradient(flat, x_adv, output_gradients=upstream, unconnected_gradients=zero)
         return loss, grad, as_outputs(outputs)["logits"]
 
     def get_config(self):
@@ -255,6 +277,14 @@ class FGSM(PGD):
             eps=eps, step_size=max(eps, 1e-12), steps=1, norm=norm,
             random_start=False, objective=objective, seed=seed,
         )
+
+
+def computes_in_float16(model):
+    """True for a network computing in float16 (its ``compute_dtype``, else the
+    global Keras policy): its attacks need the scaled gradient path."""
+    dtype = getattr(model, "compute_dtype", None) or \
+        keras.mixed_precision.global_policy().compute_dtype
+    return dtype == "float16"
 
 
 def build_attack(name="pgd", **kwargs):

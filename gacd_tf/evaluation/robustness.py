@@ -46,6 +46,11 @@ def evaluate_robustness(model, dataset, attack, verbose=1, return_examples=False
     >>> evaluate_robustness(model, make_dataset(test, 256, training=False),
     ...                     PGD(steps=20))  # doctest: +SKIP
     """
+    from gacd_tf.models.io import float32_copy
+
+    # Measured in float32 whatever the training precision (float16 input
+    # gradients underflow, which would overstate robustness).
+    model = float32_copy(model)
     if attack is not None and callable(getattr(attack, "run_ensemble", None)):
         return attack.run_ensemble(model, dataset, verbose=verbose,
                                    return_examples=return_examples)

@@ -125,6 +125,42 @@ def check_outputs_are_logits(model, role="teacher", source=None):
             f"final softmax and save the {role} again")
 
 
+REDUCED_PRECISION = ("float16", "bfloat16")
+
+
+def float32_copy(model):
+    """``model`` itself, or, if any layer computes in float16/bfloat16, a float32 twin.
+
+    Robustness is measured in float32 whatever the training precision: in
+    float16 the input gradients of confident points underflow to zero, so
+    attacks would stall and robust accuracy read too high. The twin is the
+    same architecture (its config with every dtype policy set to float32)
+    holding the same weights (variables are float32 under mixed precision).
+    Objects that are not Keras models (e.g. a loaded SavedModel) are
+    returned as they are.
+    """
+    if not isinstance(model, keras.Model) or not any(
+            getattr(layer, "compute_dtype", "float32") in REDUCED_PRECISION
+            for layer in [model, *model._flatten_layers()]):
+        return model
+
+    def to_float32(config):
+        if isinstance(config, dict):
+            if config.get("class_name") == "DTypePolicy" or (
+                    config.get("class_name") == "FloatDTypePolicy"):
+                return "float32"
+            return {key: to_float32(value) for key, value in config.items()}
+        if isinstance(config, list):
+            return [to_float32(item) for item in config]
+        if config in ("mixed_float16", "mixed_bfloat16"):
+            return "float32"
+        return config
+
+    twin = model.__class__.from_config(to_float32(model.get_config()))
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 def weights_digest(model):
     """SHA-256 of all of a model's weights (trainable and not, e.g. batch-norm statistics).
 
