@@ -98,6 +98,9 @@ CATALOGUE = [
     ("eps_negative", "evaluate", ["--eps=-1"],
      ["flag --eps=-1: -1.0 is not a non-negative number", "fix the flag"]),
     ("eps_nan", "evaluate", ["--eps=nan"], ["flag --eps=nan: must be a finite number"]),
+    ("autoattack_l2_with_linf_only_attacks", "evaluate", ["--attack=autoattack", "--norm=l2"],
+     ["--norm=l2: AutoAttack's fab-t, square are implemented for l_inf only; with "
+      "--norm=l2 pass --aa_attacks=apgd-ce,apgd-t"]),
     ("eval_step_larger_than_eps_in_one_step", "evaluate",
      ["--attack_steps=1", "--step_size=0.1"],
      [f"--step_size=0.1 is larger than {EPS} with --attack_steps=1",

@@ -51,6 +51,36 @@ def define_attack_flags():
                    "(recorded in the results).")
     flags.register_validator("aa_attacks", _check_aa_attacks)
     check_one_step_fits("step_size", "attack_steps", attack_flag="attack")
+    _check_autoattack_norm(["attack"], lambda values: values["attack"] == "autoattack")
+
+
+# AutoAttack members implemented for l_inf only (the reference also has l_2 FAB and Square).
+LINF_ONLY = ("fab", "fab-t", "square")
+
+
+def _check_autoattack_norm(extra, used):
+    """Refuses --norm=l2 when the AutoAttack to run holds l_inf-only attacks.
+
+    ``extra`` are the flags ``used(values)`` reads to tell whether AutoAttack
+    runs at all.
+    """
+
+    def check(values):
+        if values["norm"] != "l2" or not used(values):
+            return True
+        from gacd_tf.attacks.autoattack import VERSIONS
+
+        names = values["aa_attacks"] or VERSIONS[values["aa_version"]]["attacks"]
+        bad = [name for name in names if name in LINF_ONLY]
+        if not bad:
+            return True
+        keep = [name for name in names if name not in LINF_ONLY] or ["apgd-ce", "apgd-t"]
+        raise flags.ValidationError(
+            f"--norm=l2: AutoAttack's {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} "
+            "implemented for l_inf only; with "
+            f"--norm=l2 pass --aa_attacks={','.join(keep)}")
+
+    flags.register_multi_flags_validator(["norm", "aa_version", "aa_attacks"] + extra, check)
 
 
 def _check_aa_attacks(names):
@@ -140,14 +170,18 @@ def save_adversarial(path, result):
 def define_final_autoattack_flags():
     """``--final_autoattack_examples``: AutoAttack in a training program's final evaluation."""
     DEFINE_integer("final_autoattack_examples", 0, "After training, also evaluate the final "
-                   "model with AutoAttack (version standard, --eps, --norm, --aa_seed) on a "
+                   "model with AutoAttack (--aa_version or --aa_attacks, --eps, --norm, "
+                   "--aa_seed) on a "
                    "deterministic class-balanced subset of this many test examples, recorded "
                    "under 'autoattack' in metrics.json beside the PGD figures (0: off; the "
                    "whole test split when larger).", lower_bound=0)
+    _check_autoattack_norm(["final_autoattack_examples"],
+                           lambda values: values["final_autoattack_examples"] > 0)
 
 
 def final_autoattack(model, dataset_name, data_dir, batch_size, classes=None, verbose=None):
-    """AutoAttack (standard) of ``model`` on ``--final_autoattack_examples`` test examples.
+    """AutoAttack (``--aa_version``, or the ``--aa_attacks`` list) of ``model`` on
+    ``--final_autoattack_examples`` test examples.
 
     Args:
         model: the trained classifier (or probe), ``model(x, training=False)``.
@@ -184,8 +218,8 @@ def final_autoattack(model, dataset_name, data_dir, batch_size, classes=None, ve
     seed = FLAGS.aa_seed if "aa_seed" in FLAGS else FLAGS.seed
     if verbose is None:
         verbose = 1 if "verbose" in FLAGS and FLAGS.verbose == 1 else 2
-    attack = AutoAttack(version="standard", eps=FLAGS.eps, norm=FLAGS.norm, seed=seed,
-                        verbose=verbose)
+    attack = AutoAttack(version=FLAGS.aa_version, attacks=FLAGS.aa_attacks or None,
+                        eps=FLAGS.eps, norm=FLAGS.norm, seed=seed, verbose=verbose)
     logging.info("AutoAttack of the final model on %d test examples", len(labels))
     result = json_result(attack.run(model, images, labels, batch_size=batch_size))
     print(f"autoattack: natural_accuracy={result['natural_accuracy']:.4f} "
