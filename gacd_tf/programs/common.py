@@ -82,6 +82,12 @@ def define_precision_flags():
                 "'off' = float32 everywhere.")
     DEFINE_bool("jit_compile", None, "Compile the training step with XLA (unset: Keras' "
                 "'auto', i.e. XLA on a single GPU, off on CPUs and under tf.distribute).")
+    if "strategy" in FLAGS:
+        flags.register_multi_flags_validator(
+            ["strategy", "jit_compile"],
+            lambda v: not (v["strategy"] == "multi_worker" and v["jit_compile"]),
+            message="--jit_compile is not supported with --strategy=multi_worker (the "
+                    "multi-worker loop does not compile with XLA); drop --jit_compile")
 
 
 # --mixed_precision -> the Keras dtype policy.
