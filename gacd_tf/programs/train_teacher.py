@@ -39,8 +39,7 @@ def define_flags():
                         "(default: --step_size).", lower_bound=0.0)
     common.DEFINE_float("trades_beta", None, "TRADES beta; unset trains Madry PGD-AT.",
                         lower_bound=0.0)
-    common.DEFINE_integer("val_examples", 500, "Test examples attacked after each epoch to "
-                          "pick best.keras (0: no validation).", lower_bound=0)
+    common.define_validation_flags(500, "attacked after each epoch to pick best.keras")
     common.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
     common.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
     common.define_checkpoint_flags()
