@@ -14,6 +14,7 @@ from gacd_tf.attacks.objectives import (
     get_objective,
 )
 from gacd_tf.attacks.ot_objective import OptimalTransport
+from gacd_tf.attacks.gaussian_start_pgd import GaussianStartPGD
 from gacd_tf.attacks.pgd import ATTACKS, FGSM, PGD, build_attack
 from gacd_tf.attacks.dlr import DLR, TargetedDLR, dlr_loss, targeted_dlr_loss
 from gacd_tf.attacks.apgd import APGD, apgd_checkpoints, halving_decision
@@ -23,6 +24,7 @@ from gacd_tf.attacks.fab import FAB, FABTargeted, projection_linf
 from gacd_tf.attacks.square import Square
 
 __all__ = [
+    "GaussianStartPGD",
     "ATTACKS", "FGSM", "PGD", "build_attack", "NORMS", "L2Norm", "LinfNorm", "get_norm",
     "APGD", "APGDTargeted", "apgd_checkpoints", "halving_decision",
     "DLR", "TargetedDLR", "dlr_loss", "targeted_dlr_loss",

@@ -6,11 +6,9 @@ attack), its inner attack (:class:`AdaADAttack`) and its trainer
 (:class:`AdaADDistiller`, registered as method ``"adaad"``).
 """
 
-import keras
 import tensorflow as tf
 
-from gacd_tf.attacks import PGD, Objective, as_outputs
-from gacd_tf.distribute import all_gather, local_rows
+from gacd_tf.attacks import GaussianStartPGD, Objective, as_outputs
 from gacd_tf.errors import ConfigError
 from gacd_tf.losses import distillation_kl
 from gacd_tf.settings import Setting
@@ -108,7 +106,7 @@ class AdaADObjective(Objective):
         return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
 
 
-class AdaADAttack(PGD):
+class AdaADAttack(GaussianStartPGD):
     """PGD on :class:`AdaADObjective` from ``x + start_std * N(0, 1)``, AdaAD's inner attack.
 
     The model attacked is a callable returning the student's and the
@@ -128,30 +126,12 @@ class AdaADAttack(PGD):
         boyellow/AdaAD, AT_helper.py (``adaad_inner_loss``).
     """
 
+    name = "adaad_pgd"
+
     def __init__(self, start_std=0.001, **kwargs):
         kwargs.setdefault("objective", AdaADObjective())
-        super().__init__(**kwargs)
-        if not start_std >= 0:
-            raise ConfigError(f"AdaAD attack start_std must be >= 0, got {start_std}")
-        self.start_std = float(start_std)
+        super().__init__(start_std=start_std, **kwargs)
 
-    def seed_generators(self):
-        return {"seed_generator": self.seed_generator}
-
-    def start(self, x):
-        if not self.random_start or self.start_std == 0:
-            return x
-        noise = keras.random.normal(tf.shape(all_gather(x)), stddev=self.start_std,
-                                    seed=self.seed_generator)
-        return x + local_rows(noise, tf.shape(x)[0])
-
-    def __call__(self, model, x, target=None):
-        x = tf.convert_to_tensor(x, tf.float32)
-        # Projected once more: with steps=0 the unclipped start would come back.
-        return tf.stop_gradient(self.project(super().__call__(model, x, target), x))
-
-    def get_config(self):
-        return {**super().get_config(), "attack": "adaad_pgd", "start_std": self.start_std}
 
 
 @METHODS.register("adaad")

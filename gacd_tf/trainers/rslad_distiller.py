@@ -5,11 +5,9 @@ attack (:class:`RSLADAttack`) and its trainer (:class:`RSLADDistiller`,
 registered as method ``"rslad"``).
 """
 
-import keras
 import tensorflow as tf
 
-from gacd_tf.attacks import PGD, KLDivergence
-from gacd_tf.distribute import all_gather, local_rows
+from gacd_tf.attacks import GaussianStartPGD, KLDivergence
 from gacd_tf.errors import ConfigError
 from gacd_tf.losses import distillation_kl
 from gacd_tf.settings import Setting
@@ -69,7 +67,7 @@ def rslad_loss(student_adv_logits, student_nat_logits, teacher_logits, alpha=5 /
     return loss * OFFICIAL_KL_SCALE if kl_reduction == "official" else loss
 
 
-class RSLADAttack(PGD):
+class RSLADAttack(GaussianStartPGD):
     """PGD on ``KL(T(x) || S(x_adv))`` from ``x + start_std * N(0, 1)``, RSLAD's inner attack.
 
     The target of a call is the teacher's probabilities on the natural
@@ -92,30 +90,12 @@ class RSLADAttack(PGD):
         zibojia/RSLAD, rslad_loss.py (``rslad_inner_loss``).
     """
 
+    name = "rslad_pgd"
+
     def __init__(self, start_std=0.001, **kwargs):
         kwargs.setdefault("objective", KLDivergence())
-        super().__init__(**kwargs)
-        if not start_std >= 0:
-            raise ConfigError(f"RSLAD attack start_std must be >= 0, got {start_std}")
-        self.start_std = float(start_std)
+        super().__init__(start_std=start_std, **kwargs)
 
-    def seed_generators(self):
-        return {"seed_generator": self.seed_generator}
-
-    def start(self, x):
-        if not self.random_start or self.start_std == 0:
-            return x
-        noise = keras.random.normal(tf.shape(all_gather(x)), stddev=self.start_std,
-                                    seed=self.seed_generator)
-        return x + local_rows(noise, tf.shape(x)[0])
-
-    def __call__(self, model, x, target):
-        x = tf.convert_to_tensor(x, tf.float32)
-        # Projected once more: with steps=0 the unclipped start would come back.
-        return tf.stop_gradient(self.project(super().__call__(model, x, target), x))
-
-    def get_config(self):
-        return {**super().get_config(), "attack": "rslad_pgd", "start_std": self.start_std}
 
 
 @METHODS.register("rslad")
