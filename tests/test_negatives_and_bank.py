@@ -83,12 +83,3 @@ def test_log_z_is_set_once_then_constant():
     assert float(bank.log_z_once(tf.constant(5.0))) == 3.0
     assert float(bank.log_z.numpy()) == 3.0 and float(bank.z_is_set.numpy()) == 1.0
 
-
-def test_sampler_table_rows_are_permutations_with_other_classes_first():
-    labels = labels_of(m=50, c=4)
-    sampler = OtherClassSampler(labels, 4, seed=0)
-    table = sampler._table().numpy()
-    for c, row in enumerate(table):
-        np.testing.assert_array_equal(np.sort(row), np.arange(50))
-        pool = np.sum(labels != c)
-        assert np.all(labels[row[:pool]] != c) and np.all(labels[row[pool:]] == c)
