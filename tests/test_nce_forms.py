@@ -14,7 +14,7 @@ from gacd_tf.attacks import PGD, OptimalTransport
 from gacd_tf.distribute import make_strategy
 from gacd_tf.errors import ConfigError
 from gacd_tf.losses import cross_class_cosine
-from gacd_tf.trainers import GACDDistiller, build_method
+from gacd_tf.trainers import EpochEndLogs, GACDDistiller, build_method
 from tiny_models import tiny
 
 M, C = 24, 3
@@ -135,7 +135,7 @@ def fit(strategy, nce_form):
         gacd = trainer(nce_form, embed_dim=8)
         gacd.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     history = gacd.fit(tf.data.Dataset.from_tensor_slices(data()).batch(8), epochs=2,
-                       verbose=0).history
+                       verbose=0, callbacks=[EpochEndLogs()]).history
     return gacd, history
 
 

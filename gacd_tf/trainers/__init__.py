@@ -11,6 +11,7 @@ from gacd_tf.trainers.adaad_distiller import AdaADDistiller  # noqa: F401 (regis
 from gacd_tf.trainers.ard_distiller import ARDDistiller
 from gacd_tf.trainers.common import l2_penalty, unpack_batch
 from gacd_tf.trainers.distiller import Distiller, check_teacher_fits_student
+from gacd_tf.trainers.epoch_end_logs import EpochEndLogs
 from gacd_tf.trainers.fit_resumable import fit_resumable
 from gacd_tf.trainers.gacd_distiller import GACDDistiller
 from gacd_tf.trainers.kd_distiller import KDDistiller
@@ -23,6 +24,7 @@ from gacd_tf.trainers.rslad_distiller import RSLADDistiller  # noqa: F401 (regis
 from gacd_tf.trainers.training_checkpoint import TrainingCheckpoint
 
 __all__ = [
+    "EpochEndLogs",
     "AdversarialTrainer", "ARDDistiller", "Distiller", "GACDDistiller", "KDDistiller",
     "MemoryBank", "RobustTrainer", "accuracy", "check_teacher_fits_student", "l2_penalty",
     "unpack_batch", "LinearProbe", "TrainingCheckpoint", "fit_resumable", "METHODS",

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from gacd_tf.errors import TrainingError
+from gacd_tf.trainers.epoch_end_logs import EpochEndLogs
 from gacd_tf.trainers.training_checkpoint import find_seed_generators, read_state
 
 
@@ -119,7 +120,8 @@ def resume_and_fit(trainer, dataset_fn, epochs, steps_per_epoch, checkpoint, fit
             info["completed_before"] = bool(state["completed"])
             _finish(checkpoint, epochs)
             return info
-    all_callbacks = [checkpoint] + callbacks
+    # End-of-epoch measurements first, so the checkpoint and the loggers see them.
+    all_callbacks = [EpochEndLogs(), checkpoint] + callbacks
     if step:
         # The rest of the interrupted epoch, then the remaining epochs.
         fit(trainer, dataset_fn(epoch, step), epoch, epoch + 1, steps_per_epoch - step,
