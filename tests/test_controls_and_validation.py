@@ -13,7 +13,7 @@ from program_helpers import run_program, write_tiny_cifar10
 
 from gacd_tf.attacks import PGD
 from gacd_tf.errors import DataError
-from gacd_tf.programs.common import holdout_indices
+from gacd_tf.programs.data_flags import holdout_indices
 from gacd_tf.trainers import METHODS, ARDDistiller, build_method
 from tiny_models import tiny
 

@@ -30,7 +30,7 @@ import types  # noqa: E402
 from absl import logging  # noqa: E402
 
 from gacd_tf.errors import ConfigError  # noqa: E402
-from gacd_tf.programs import attack_flags, common  # noqa: E402
+from gacd_tf.programs import attack_flags, common, data_flags  # noqa: E402
 from gacd_tf.programs.common import FLAGS  # noqa: E402
 from gacd_tf.registry import Registry  # noqa: E402
 
@@ -43,7 +43,7 @@ PROBE_FLAGS = ("dataset", "train_examples", "batch_size", "seed", "epochs", "lea
 
 
 def define_flags():
-    common.define_data_flags(train=True)
+    data_flags.define_data_flags(train=True)
     attack_flags.define_attack_flags()
     attack_flags.define_final_autoattack_flags()
     common.define_optimizer_flags(epochs=10, learning_rate=0.1)

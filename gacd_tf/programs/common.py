@@ -46,79 +46,6 @@ DEFINE_enum = _track(flags.DEFINE_enum)
 DEFINE_list = _track(flags.DEFINE_list)
 
 
-def define_data_flags(train=True):
-    from gacd_tf.data.datasets import DATASETS
-
-    DEFINE_enum("dataset", "cifar10", DATASETS.names(), "Dataset name.")
-    DEFINE_string(
-        "data_dir", os.environ.get("GACD_DATA_DIR") or None,
-        "Folder with the dataset's official binary files (offline). Unset: "
-        "tensorflow-datasets downloads it. Defaults to $GACD_DATA_DIR.")
-    if train:
-        DEFINE_integer("train_examples", None, "Use a deterministic class-balanced subset "
-                       "of this many training examples.", lower_bound=1)
-    DEFINE_integer("test_examples", None, "Evaluate on a deterministic class-balanced subset "
-                   "of this many test examples (default: the whole test split).", lower_bound=1)
-    DEFINE_integer("batch_size", 128, "Global batch size.", lower_bound=1)
-    DEFINE_integer("seed", 0, "Random seed (weights, data order, augmentation, attacks).")
-
-
-def define_distribute_flags():
-    from gacd_tf.distribute import STRATEGIES
-
-    DEFINE_enum("strategy", "default", list(STRATEGIES),
-                "tf.distribute strategy: one device, all local GPUs (or --cpu_devices "
-                "logical CPUs) mirrored, or several workers (TF_CONFIG).")
-    DEFINE_integer("cpu_devices", None, "Split the CPU into this many logical devices "
-                   "(runs --strategy=mirrored without GPUs, e.g. in tests).", lower_bound=1)
-    define_precision_flags()
-
-
-def define_precision_flags():
-    """``--mixed_precision`` and ``--jit_compile`` (GPU speed switches)."""
-    DEFINE_enum("mixed_precision", "off", list(PRECISION_POLICIES),
-                "Compute in float16 (with loss scaling) or bfloat16, keeping variables, "
-                "logits, losses, NCE scores, the memory bank and Sinkhorn in float32; "
-                "'off' = float32 everywhere.")
-    DEFINE_bool("jit_compile", None, "Compile the training step with XLA (unset: Keras' "
-                "'auto', i.e. XLA on a single GPU, off on CPUs and under tf.distribute).")
-    if "strategy" in FLAGS:
-        flags.register_multi_flags_validator(
-            ["strategy", "jit_compile"],
-            lambda v: not (v["strategy"] == "multi_worker" and v["jit_compile"]),
-            message="--jit_compile is not supported with --strategy=multi_worker (the "
-                    "multi-worker loop does not compile with XLA); drop --jit_compile")
-
-
-# --mixed_precision -> the Keras dtype policy.
-PRECISION_POLICIES = {"off": "float32", "float16": "mixed_float16",
-                      "bfloat16": "mixed_bfloat16"}
-
-
-def setup_precision():
-    """Sets the global Keras dtype policy of ``--mixed_precision`` (before building models)."""
-    import keras
-
-    if "mixed_precision" in FLAGS:
-        keras.mixed_precision.set_global_policy(PRECISION_POLICIES[FLAGS.mixed_precision])
-
-
-def strategy_from_flags():
-    """The strategy of ``--strategy``; call before any TensorFlow op."""
-    from gacd_tf.distribute import make_strategy
-
-    # --strategy=multi_worker: TF_CONFIG names the cluster; fit_phase trains with
-    # the library's multi-worker loop (Keras 3's fit cannot run there).
-    strategy = make_strategy(FLAGS.strategy, FLAGS.cpu_devices)
-    replicas = strategy.num_replicas_in_sync
-    if FLAGS.batch_size % replicas:
-        raise ConfigError(
-            f"--batch_size={FLAGS.batch_size} is not divisible by the {replicas} replicas of "
-            f"--strategy={FLAGS.strategy}; use a multiple of {replicas}")
-    logging.info("strategy %s with %d replica(s)", FLAGS.strategy, replicas)
-    return strategy
-
-
 def register_arch_validator():
     """Refuses an --arch that is not in the model zoo when the flags are parsed."""
 
@@ -223,110 +150,6 @@ def prepare_output_dir(path, flag="--model_dir"):
     return path
 
 
-def define_validation_flags(default, use):
-    """``--val_examples``: training examples held out for validation (SPEC "Model selection")."""
-    DEFINE_integer("val_examples", default, "Hold out this many class-balanced examples of the "
-                   f"TRAINING split (never trained on) as the validation set, {use} "
-                   "(0: no validation). The test split only serves the final report.",
-                   lower_bound=0)
-
-
-def holdout_indices(labels, num_classes, val_examples, train_examples=None):
-    """Splits a training split into disjoint training and validation indices.
-
-    Validation (SPEC "Model selection and controls"): a deterministic,
-    class-balanced set of ``val_examples`` taken from the *end* of each class
-    (its last examples in file order). Training: the rest, or a class-balanced
-    subset of ``train_examples`` of the rest (each class's first examples),
-    so with room to spare a ``--train_examples`` subset is the same with or
-    without validation.
-
-    Args:
-        labels: int labels [N] of the whole training split.
-        num_classes: C.
-        val_examples: validation size (0: none).
-        train_examples: training size (None: everything not held out).
-
-    Returns:
-        ``(train_indices, val_indices)``: sorted, disjoint int64 arrays.
-
-    Raises:
-        DataError: naming ``--val_examples`` / ``--train_examples`` when the
-            split cannot hold both.
-    """
-    import numpy as np
-
-    from gacd_tf.data import balanced_subset_indices
-    from gacd_tf.errors import DataError
-
-    labels = np.asarray(labels)
-    size = len(labels)
-    held = np.zeros(size, dtype=bool)
-    if val_examples:
-        if val_examples >= size:
-            raise DataError(f"--val_examples={val_examples} leaves no training examples: the "
-                            f"train split holds {size}; ask for fewer")
-        try:
-            from_end = balanced_subset_indices(labels[::-1], val_examples, num_classes)
-        except DataError as err:
-            raise DataError(f"--val_examples={val_examples}: {err}") from None
-        held[size - 1 - from_end] = True
-    pool = np.flatnonzero(~held)
-    train = pool
-    if train_examples is not None:
-        if train_examples > len(pool):
-            held_out = f", {val_examples} of them held out by --val_examples" if val_examples else ""
-            raise DataError(f"--train_examples={train_examples} is out of range: the train split "
-                            f"holds {size} examples{held_out}; ask for 1 to {len(pool)}")
-        try:
-            train = pool[balanced_subset_indices(labels[pool], train_examples, num_classes)]
-        except DataError as err:
-            raise DataError(f"--train_examples={train_examples}: {err}") from None
-    return np.sort(train), np.flatnonzero(held)
-
-
-def load_data_from_flags():
-    """Train, validation and test data and their pipelines, as the data flags ask.
-
-    ``--val_examples`` (when the program has it) are held out of the
-    *training* split (:func:`holdout_indices`): never trained on, they feed
-    the per-epoch validation (``val_*`` logs, ``best.keras``); the test split
-    serves only the final report.
-
-    Returns a namespace with ``train``, ``val`` (or None), ``test``, ``info``,
-    ``val_ds`` (or None), ``test_ds`` and ``steps_per_epoch`` (full batches);
-    training batches come from :func:`fit_phase`. A sample's index (the GACD
-    memory-bank row) is its position in ``train``.
-    """
-    import dataclasses
-    import types
-
-    from gacd_tf.data import load_split, make_dataset
-
-    whole = load_split(FLAGS.dataset, "train", FLAGS.data_dir)
-    val_examples = FLAGS.val_examples if "val_examples" in FLAGS else 0
-    train_idx, val_idx = holdout_indices(whole.labels, whole.info.num_classes, val_examples,
-                                         FLAGS.train_examples)
-    train = whole
-    if len(train_idx) < len(whole.labels):
-        train = dataclasses.replace(whole, images=whole.images[train_idx],
-                                    labels=whole.labels[train_idx])
-    val = None
-    if len(val_idx):
-        val = dataclasses.replace(whole, images=whole.images[val_idx],
-                                  labels=whole.labels[val_idx])
-    del whole
-    test = load_split(FLAGS.dataset, "test", FLAGS.data_dir, FLAGS.test_examples)
-    logging.info("%s: %d training, %d validation (held out of the training split), %d test "
-                 "examples", train.info.name, len(train.labels), len(val_idx), len(test.labels))
-    return types.SimpleNamespace(
-        train=train, val=val, test=test, info=train.info,
-        val_ds=None if val is None else make_dataset(val, FLAGS.batch_size, training=False),
-        test_ds=make_dataset(test, FLAGS.batch_size, training=False),
-        steps_per_epoch=max(1, len(train.labels) // FLAGS.batch_size),  # full batches only
-    )
-
-
 def build_model_from_flags(info):
     """The ``--arch`` zoo model for the dataset described by ``info``."""
     from gacd_tf.models import build_model
@@ -337,6 +160,8 @@ def build_model_from_flags(info):
 
 
 def print_result(result, prefix=""):
+    from gacd_tf.programs.devices import is_chief
+
     if not is_chief():
         return  # several workers: the chief reports
     print(f"{prefix}natural_accuracy={result['natural_accuracy']:.4f} "
@@ -412,6 +237,8 @@ def start_training_run():
     ``--model_dir`` already holds this run complete (its ``metrics.json``,
     written last, exists), after saying so.
     """
+    from gacd_tf.programs.devices import is_chief, setup_precision, strategy_from_flags, worker_output_dir
+
     model_dir = prepare_output_dir(FLAGS.model_dir)
     metrics_path = os.path.join(model_dir, "metrics.json")
     if check_resume(model_dir) and os.path.isfile(metrics_path):
@@ -430,56 +257,6 @@ def start_training_run():
     return model_dir, metrics_path, strategy
 
 
-# -- several workers (--strategy=multi_worker) --------------------------------------
-_CHIEF_DIRS = {}  # a non-chief worker's temporary output folder -> the run's --model_dir
-
-
-def is_multi_worker(strategy):
-    """True for a ``MultiWorkerMirroredStrategy``."""
-    import tensorflow as tf
-
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-
-
-def is_chief():
-    """True unless this process is a non-chief worker of ``--strategy=multi_worker``.
-
-    The chief (TF_CONFIG's "chief" task, else worker 0) writes the run's
-    files; the others write theirs to a temporary folder
-    (:func:`worker_output_dir`), as Keras' ``BackupAndRestore`` does.
-    """
-    from gacd_tf.distribute_loop import is_chief_from_tf_config
-
-    if "strategy" not in FLAGS or FLAGS.strategy != "multi_worker":
-        return True
-    return is_chief_from_tf_config()
-
-
-def worker_output_dir(model_dir):
-    """A temporary folder standing in for ``model_dir`` on a non-chief worker.
-
-    The program writes there what the chief writes into ``model_dir``
-    (model.keras, metrics.json, logs, checkpoints); it is deleted when the
-    process ends. :func:`chief_dir` maps it back (checkpoints are resumed from
-    the chief's).
-    """
-    import atexit
-    import shutil
-
-    temporary = tempfile.mkdtemp(prefix="gacd-worker-")
-    atexit.register(shutil.rmtree, temporary, ignore_errors=True)
-    _CHIEF_DIRS[temporary] = model_dir
-    return temporary
-
-
-def chief_dir(model_dir):
-    """The run's --model_dir for a folder of :func:`worker_output_dir` (else ``model_dir``)."""
-    for temporary, real in _CHIEF_DIRS.items():
-        if model_dir == temporary or model_dir.startswith(temporary + os.sep):
-            return real + model_dir[len(temporary):]
-    return model_dir
-
-
 def fit_phase(trainer, data, model_dir, phase, epochs, last_path=None, best_path=None,
               seed_offset=0):
     """Trains one phase of a program resumably (``gacd_tf.trainers.fit_resumable``).
@@ -494,6 +271,8 @@ def fit_phase(trainer, data, model_dir, phase, epochs, last_path=None, best_path
     Returns:
         fit_resumable's dict (``resumed_from``, ``completed_before``).
     """
+    from gacd_tf.programs.devices import chief_dir, is_chief, is_multi_worker
+
     from gacd_tf.data import make_dataset
     from gacd_tf.trainers import TrainingCheckpoint, fit_resumable
 

@@ -30,16 +30,16 @@ import time  # noqa: E402
 
 from absl import flags, logging  # noqa: E402
 
-from gacd_tf.programs import attack_flags, common, method_flags  # noqa: E402
+from gacd_tf.programs import attack_flags, common, data_flags, devices, method_flags  # noqa: E402
 from gacd_tf.programs.common import FLAGS  # noqa: E402
 
 
 def define_flags():
-    common.define_data_flags(train=True)
+    data_flags.define_data_flags(train=True)
     attack_flags.define_attack_flags()
     attack_flags.define_final_autoattack_flags()
     common.define_optimizer_flags(epochs=100, learning_rate=0.1)
-    common.define_distribute_flags()
+    devices.define_distribute_flags()
     common.DEFINE_string("teacher", None, "The robust teacher, a .keras file (required by "
                          "every method but the teacher-free 'natural', which ignores it).")
     common.define_load_flags()
@@ -56,7 +56,7 @@ def define_flags():
                           "distillation (PGD-AT of the whole student).", lower_bound=0)
     common.DEFINE_float("aft_learning_rate", 0.01, "AFT learning rate (constant).",
                         lower_bound=0.0)
-    common.define_validation_flags(500, "attacked after each epoch with the evaluation "
+    data_flags.define_validation_flags(500, "attacked after each epoch with the evaluation "
                                    "attack and logged as val_*")
     common.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
     common.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
@@ -106,7 +106,7 @@ def main(argv):
     elif FLAGS.teacher:
         logging.warning("--method=%s trains without a teacher: --teacher=%s is ignored",
                         FLAGS.method, FLAGS.teacher)
-    data = common.load_data_from_flags()
+    data = data_flags.load_data_from_flags()
     info, test_ds = data.info, data.test_ds
     steps_per_epoch = data.steps_per_epoch
     common.write_json(os.path.join(model_dir, "flags.json"), common.flag_values())

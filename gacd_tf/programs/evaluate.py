@@ -19,12 +19,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from gacd_tf.programs import attack_flags, common  # noqa: E402
+from gacd_tf.programs import attack_flags, common, data_flags  # noqa: E402
 from gacd_tf.programs.common import FLAGS  # noqa: E402
 
 
 def define_flags():
-    common.define_data_flags(train=False)
+    data_flags.define_data_flags(train=False)
     attack_flags.define_attack_flags()
     common.DEFINE_string("model", None, "A .keras model file, or a SavedModel gacd-export "
                           "wrote: a version folder BASE/NAME/N, or BASE/NAME for its "

@@ -20,15 +20,15 @@ import time  # noqa: E402
 
 from absl import flags, logging  # noqa: E402
 
-from gacd_tf.programs import attack_flags, common  # noqa: E402
+from gacd_tf.programs import attack_flags, common, data_flags, devices  # noqa: E402
 from gacd_tf.programs.common import FLAGS  # noqa: E402
 
 
 def define_flags():
-    common.define_data_flags(train=True)
+    data_flags.define_data_flags(train=True)
     attack_flags.define_attack_flags()
     attack_flags.define_final_autoattack_flags()
-    common.define_distribute_flags()
+    devices.define_distribute_flags()
     common.DEFINE_string("model_dir", None, "Output folder (created if needed).")
     common.DEFINE_string("arch", "resnet20", "Architecture name from the model zoo.")
     common.register_arch_validator()
@@ -39,7 +39,7 @@ def define_flags():
                         "(default: --step_size).", lower_bound=0.0)
     common.DEFINE_float("trades_beta", None, "TRADES beta; unset trains Madry PGD-AT.",
                         lower_bound=0.0)
-    common.define_validation_flags(500, "attacked after each epoch to pick best.keras")
+    data_flags.define_validation_flags(500, "attacked after each epoch to pick best.keras")
     common.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
     common.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
     common.define_checkpoint_flags()
@@ -59,7 +59,7 @@ def main(argv):
     model_dir, metrics_path, strategy = run
     common.write_json(os.path.join(model_dir, "flags.json"), common.flag_values())
 
-    data = common.load_data_from_flags()
+    data = data_flags.load_data_from_flags()
     with strategy.scope():
         model = common.build_model_from_flags(data.info)
         attack = PGD(eps=FLAGS.eps, step_size=FLAGS.train_step_size or FLAGS.step_size,
