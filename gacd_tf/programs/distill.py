@@ -77,13 +77,6 @@ def register_teacher_validator():
                              message="Flag --teacher must have a value other than None.")
 
 
-def train_attack():
-    from gacd_tf.attacks import PGD
-
-    return PGD(eps=FLAGS.eps, step_size=FLAGS.train_step_size or FLAGS.step_size,
-               steps=FLAGS.train_attack_steps, norm=FLAGS.norm, seed=FLAGS.seed)
-
-
 def main(argv):
     del argv
     from gacd_tf.data import get_dataset_info
@@ -149,7 +142,7 @@ def main(argv):
             os.makedirs(os.path.dirname(before_path), exist_ok=True)
             common.write_json(before_path, result["before_aft"])
         with strategy.scope():
-            aft = AdversarialTrainer(student, attack=train_attack(),
+            aft = AdversarialTrainer(student, attack=method_flags.context_from_flags().attack(),
                                      weight_decay=FLAGS.weight_decay)
             aft.compile(optimizer=common.optimizer_from_flags(
                 steps_per_epoch, epochs=FLAGS.aft_epochs,

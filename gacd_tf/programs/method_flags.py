@@ -61,18 +61,25 @@ def method_class():
     return methods().get(FLAGS.method)
 
 
-def method_from_flags(student, teacher, train_labels):
-    """``(trainer, settings record)`` of ``--method`` from the flags."""
-    from gacd_tf.errors import ConfigError
-    from gacd_tf.settings import SettingError
+def context_from_flags(train_labels=None):
+    """The :class:`gacd_tf.trainers.MethodContext` of the flags (its ``attack()`` is
+    the training PGD of ARD, AFT and the peer methods)."""
     from gacd_tf.trainers import MethodContext
 
-    cls = method_class()
-    context = MethodContext(
+    return MethodContext(
         train_labels=train_labels, seed=FLAGS.seed, weight_decay=FLAGS.weight_decay,
         eps=FLAGS.eps, norm=FLAGS.norm, step_size=FLAGS.step_size,
         train_attack_steps=FLAGS.train_attack_steps, train_step_size=FLAGS.train_step_size,
         reweight=FLAGS.reweight)
+
+
+def method_from_flags(student, teacher, train_labels):
+    """``(trainer, settings record)`` of ``--method`` from the flags."""
+    from gacd_tf.errors import ConfigError
+    from gacd_tf.settings import SettingError
+
+    cls = method_class()
+    context = context_from_flags(train_labels)
     values = {s.name: FLAGS[s.name].value for s in cls.SETTINGS}
     try:
         return cls.from_settings(student, teacher, values, context)
