@@ -143,6 +143,8 @@ class FAB:
         autoattack/fab_base.py and fab_pt.py.
     """
 
+    NORMS = ("linf",)  # the threat models implemented (the reference also has l1, l2)
+
     name = "fab"
     targeted = False
 

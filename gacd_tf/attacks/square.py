@@ -88,6 +88,8 @@ class Square:
         ECCV 2020; fra31/auto-attack, autoattack/square.py.
     """
 
+    NORMS = ("linf",)  # the threat models implemented (the reference also has l2)
+
     name = "square"
 
     def __init__(self, eps=8 / 255, norm="linf", seed=None, n_queries=5000, p_init=0.8, n_restarts=1,

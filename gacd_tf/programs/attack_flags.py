@@ -54,8 +54,6 @@ def define_attack_flags():
     _check_autoattack_norm(["attack"], lambda values: values["attack"] == "autoattack")
 
 
-# AutoAttack members implemented for l_inf only (the reference also has l_2 FAB and Square).
-LINF_ONLY = ("fab", "fab-t", "square")
 
 
 def _check_autoattack_norm(extra, used):
@@ -71,10 +69,14 @@ def _check_autoattack_norm(extra, used):
         from gacd_tf.attacks.autoattack import VERSIONS
 
         names = values["aa_attacks"] or VERSIONS[values["aa_version"]]["attacks"]
-        bad = [name for name in names if name in LINF_ONLY]
+        from gacd_tf.attacks import ATTACKS
+
+        # An attack lists the norms it implements in NORMS (default: both).
+        bad = [name for name in names
+               if "l2" not in getattr(ATTACKS.get(name), "NORMS", ("linf", "l2"))]
         if not bad:
             return True
-        keep = [name for name in names if name not in LINF_ONLY] or ["apgd-ce", "apgd-t"]
+        keep = [name for name in names if name not in bad] or ["apgd-ce", "apgd-t"]
         raise flags.ValidationError(
             f"--norm=l2: AutoAttack's {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} "
             "implemented for l_inf only; with "
