@@ -11,9 +11,18 @@ GACD / (sum of its network passes) where the passes are timed alone:
 student inference forward, K student attack passes (forward + input
 gradient), teacher forward, one student training step.
 
+Table 3 (--compare, the default): GACD (K OT steps) and ARD (PGD-K) timed
+step by step in alternating order (even rounds ARD first, odd rounds GACD
+first), the median of each and their ratio per order and over all rounds, then
+where GACD's extra time goes: each piece of its step timed alone (clean
+forward pass, OT attack vs PGD attack, sampler, two-sided NCE forward and
+backward, bank updates).
+
 Example:
     python benchmarks/step_time.py --arch=resnet20 --teacher_arch=resnet20 \
         --batch_size=128 --attack_steps=10 --nce_k=16384 --num_data=50000
+    # only Table 3:
+    python benchmarks/step_time.py --tables=compare --repeats=7
 """
 
 import os
@@ -35,7 +44,9 @@ flags.DEFINE_integer("nce_k", 16384, "GACD negatives.")
 flags.DEFINE_integer("num_data", 50000, "GACD memory-bank size M.")
 flags.DEFINE_bool("distill", True, "Also time the distillers.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps (tracing).")
-flags.DEFINE_integer("repeats", 5, "Timed steps (median).")
+flags.DEFINE_integer("repeats", 5, "Timed steps (median); in Table 3, rounds of each order.")
+flags.DEFINE_enum("tables", "all", ["all", "compare"],
+                  "all: Tables 1-3; compare: only Table 3 (GACD vs ARD, both orders).")
 FLAGS = flags.FLAGS
 
 
@@ -58,6 +69,26 @@ def fit_step_seconds(trainer, batch):
     trainer.make_train_function()
     iterator = iter([batch] * (FLAGS.warmup + FLAGS.repeats))
     return median_seconds(lambda: trainer.train_function(iterator))
+
+
+def interleaved_seconds(fns, rounds):
+    """Time each of ``fns`` (name -> callable) once per round, alternating the order.
+
+    Returns ``{order: {name: [seconds]}}`` with order ``"A first"`` for the
+    rounds run in the dict's order and ``"B first"`` for the reversed ones.
+    """
+    names = list(fns)
+    for name in names:
+        for _ in range(FLAGS.warmup):
+            fns[name]()
+    result = {"A first": {n: [] for n in names}, "B first": {n: [] for n in names}}
+    for r in range(2 * rounds):
+        order, run = (("A first", names) if r % 2 == 0 else ("B first", names[::-1]))
+        for name in run:
+            start = time.perf_counter()
+            fns[name]()
+            result[order][name].append(time.perf_counter() - start)
+    return result
 
 
 def print_table(title, rows):
@@ -90,6 +121,8 @@ def main(argv):
     def student():
         return build_model(FLAGS.arch, num_classes=FLAGS.num_classes, input_shape=shape)
 
+    if FLAGS.tables == "compare":
+        return compare(batch, student, rng)
     rows = [(label, fit_step_seconds(AdversarialTrainer(student(), attack=attack), batch))
             for label, attack in [("natural", PGD(steps=0, random_start=False)),
                                   (f"PGD-{k} AT", PGD(steps=k, seed=0))]]
@@ -133,6 +166,83 @@ def main(argv):
           f"{times['GACD (OT, 1 step)'] / passes[1]:.3f}")
     print(f"ratio GACD ({k} steps) / its network passes = "
           f"{times[f'GACD (OT, {k} steps)'] / passes[k]:.3f}")
+    compare(batch, student, rng)
+
+
+def compare(batch, student, rng):
+    """Table 3: GACD (K OT steps) vs ARD (PGD-K) in both orders, and GACD's pieces."""
+    import keras
+    import tensorflow as tf
+
+    from gacd_tf.attacks import PGD, OptimalTransport
+    from gacd_tf.models import build_model
+    from gacd_tf.trainers import ARDDistiller, GACDDistiller
+
+    x, y, idx = batch
+    b, k = FLAGS.batch_size, FLAGS.attack_steps
+    shape = tuple(x.shape[1:])
+    teacher = build_model(FLAGS.teacher_arch, num_classes=FLAGS.num_classes, input_shape=shape)
+    labels = rng.integers(0, FLAGS.num_classes, FLAGS.num_data).astype("int32")
+    ard = ARDDistiller(student(), teacher, attack=PGD(steps=k, seed=0))
+    gacd = GACDDistiller(student(), teacher, labels, nce_k=FLAGS.nce_k, seed=0,
+                         attack=PGD(eps=8 / 255, step_size=8 / 255, steps=k, seed=0,
+                                    objective=OptimalTransport("features")))
+    steps = {}
+    for name, trainer in ((f"ARD (PGD-{k})", ard), (f"GACD (OT, {k} steps)", gacd)):
+        trainer.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+        trainer.make_train_function()
+        iterator = iter([batch] * (FLAGS.warmup + 2 * FLAGS.repeats))
+        steps[name] = (lambda t=trainer, it=iterator: t.train_function(it))
+    timed = interleaved_seconds(steps, FLAGS.repeats)
+    a_name, g_name = list(steps)
+    print(f"\nGACD vs ARD at equal attack steps, alternating order: student={FLAGS.arch} "
+          f"teacher={FLAGS.teacher_arch} batch={b} K={k} nce_k={FLAGS.nce_k} "
+          f"M={FLAGS.num_data} ({FLAGS.repeats} rounds per order, median)")
+    print(f"{'order':<14}{'ARD s/step':>12}{'GACD s/step':>13}{'GACD/ARD':>10}")
+    everything = {n: [] for n in steps}
+    for order, label in (("A first", "ARD first"), ("B first", "GACD first")):
+        ard_s = float(np.median(timed[order][a_name]))
+        gacd_s = float(np.median(timed[order][g_name]))
+        for n in steps:
+            everything[n] += timed[order][n]
+        print(f"{label:<14}{ard_s:>12.3f}{gacd_s:>13.3f}{gacd_s / ard_s:>10.3f}")
+    ard_s, gacd_s = (float(np.median(everything[n])) for n in (a_name, g_name))
+    print(f"{'both':<14}{ard_s:>12.3f}{gacd_s:>13.3f}{gacd_s / ard_s:>10.3f}   "
+          "(target <= 1.05)")
+
+    # Where GACD's extra time goes: the pieces of its step, each timed alone.
+    y_all = tf.constant(rng.integers(0, FLAGS.num_classes, b).astype("int32"))
+    clean = gacd.attack.objective.target_from(gacd.student_fl(x, training=False))
+    negatives = gacd.sampler(y_all, gacd.nce_k)
+    feats_s, _ = gacd.student_fl(x, training=False)
+    feats_t, _ = gacd.teacher_fl(x, training=False)
+    e_s0 = tf.math.l2_normalize(gacd.student_embed(feats_s), axis=-1)
+    e_t0 = tf.math.l2_normalize(gacd.teacher_embed(feats_t), axis=-1)
+    weight = tf.ones([b])
+
+    def nce_and_grad():
+        with tf.GradientTape() as tape:
+            tape.watch([e_s0, e_t0])
+            loss = gacd.nce_loss(e_t0, e_s0, negatives, weight)
+        return tape.gradient(loss, [e_s0, e_t0])
+
+    def banks():
+        gacd.student_bank.update(idx, e_s0)
+        gacd.teacher_bank.update(idx, e_t0)
+
+    pieces = [
+        ("clean student forward", tf.function(lambda: gacd.student_fl(x, training=False))),
+        (f"OT attack ({k} steps)", tf.function(lambda: gacd.attack(gacd.student_fl, x, clean))),
+        (f"PGD attack ({k} steps, ARD)", tf.function(lambda: ard.attack(ard.student, x, y))),
+        (f"sampler (k={FLAGS.nce_k})", tf.function(lambda: gacd.sampler(y_all, gacd.nce_k))),
+        ("NCE fwd+bwd (" + gacd.nce_form + ")", tf.function(nce_and_grad)),
+        ("bank updates", tf.function(banks)),
+    ]
+    rows = [(label, median_seconds(fn)) for label, fn in pieces]
+    print(f"\nPieces of the GACD step, each alone (median of {FLAGS.repeats})")
+    print(f"{'piece':<30}{'s':>9}{'% of ARD step':>15}")
+    for label, seconds in rows:
+        print(f"{label:<30}{seconds:>9.3f}{100 * seconds / ard_s:>14.1f}%")
 
 
 if __name__ == "__main__":

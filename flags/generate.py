@@ -181,22 +181,27 @@ def reproduce_files():
             ("GACD+AFT", f"{smoke}/gacd_aft.cfg", "GACD")]))]))
 
     # cpu: a CPU-scale grid on a 10,000-image CIFAR-10 subset, every row the same budget.
+    # Sized to finish in about two 3-hour sessions on 2 CPU cores (teacher ~40 min, each
+    # seed ~80 min): evaluation on fixed class-balanced test subsets, the same for every row.
     cpu = "flags/reproduce/cpu"
     budget = ["--train_examples=10000", "--val_examples=500", "--batch_size=128",
               "--learning_rate=0.1", "--momentum=0.9", "--weight_decay=5e-4",
-              "--lr_schedule=cosine", "--train_attack_steps=5", "--train_step_size=0.0156862745",
-              *THREAT, "--final_autoattack_examples=1000", "--verbose=2"]
+              "--lr_schedule=cosine", *THREAT, "--test_examples=2000",
+              "--final_autoattack_examples=200", "--verbose=2"]
     files.append(text_file("reproduce/cpu/teacher.cfg", [
-        "# gacd-reproduce CPU-scale grid, the teacher: ResNet-20, Madry PGD-AT (PGD-5, step",
-        "# 2.5 eps / 5) for 15 epochs on a class-balanced 10,000-image CIFAR-10 subset (500",
-        "# more held out for validation), cosine lr; PGD-20 on the whole test split, AutoAttack",
-        "# (standard) on a class-balanced 1,000 of it.",
-        "--dataset=cifar10", "--arch=resnet20", "--epochs=15", *budget, "--seed=0"]))
+        "# gacd-reproduce CPU-scale grid, the teacher: ResNet-20, Madry PGD-AT (PGD-3, step",
+        "# 2.5 eps / 3) for 15 epochs on a class-balanced 10,000-image CIFAR-10 subset (500",
+        "# of them held out for validation), cosine lr; PGD-20 on a class-balanced 2,000 of",
+        "# the test split, AutoAttack (standard) on a class-balanced 200 of it.",
+        "--dataset=cifar10", "--arch=resnet20", "--epochs=15", *budget,
+        "--train_attack_steps=3", "--train_step_size=0.0261437908", "--seed=0"]))
     files.append(text_file("reproduce/cpu/common.cfg", [
         "# gacd-reproduce CPU-scale grid, every student (same budget for every row): ResNet-8,",
-        "# 15 epochs of its method on the teacher's 10,000 images, then 5 epochs of AFT (PGD-5",
-        "# AT, lr 0.01); the rows without AFT are these runs before their AFT.",
-        "--dataset=cifar10", "--arch=resnet8", "--epochs=15", *budget, "--aft_epochs=5",
+        "# 5 epochs of its method on the teacher's 10,000 images (PGD-5 inner attacks where the",
+        "# method has one), then 1 epoch of AFT (PGD-5 AT, lr 0.01); the rows without AFT are",
+        "# these runs before their AFT. Same test subsets as the teacher.",
+        "--dataset=cifar10", "--arch=resnet8", "--epochs=5", *budget,
+        "--train_attack_steps=5", "--train_step_size=0.0156862745", "--aft_epochs=1",
         "--aft_learning_rate=0.01"]))
     gacd = ["--method=gacd", "--nce_k=4096", "--nce_t=0.1", "--nce_momentum=0.5",
             "--embed_dim=128", "--w_nce=0.8", "--w_ce=1.0"]
@@ -213,16 +218,28 @@ def reproduce_files():
     for name, (comment, flags) in methods.items():
         files.append(text_file(f"reproduce/cpu/{name}.cfg", [
             f"# {comment}", f"--flagfile={cpu}/common.cfg", *flags]))
+    peers = {
+        "rslad": ("RSLAD (official settings, PGD-5 inner attack), no AFT (as published).",
+                  ["--method=rslad"]),
+        "adaad": ("AdaAD (official settings, PGD-5 inner attack through the teacher), no AFT "
+                  "(as published).", ["--method=adaad"]),
+    }
+    for name, (comment, flags) in peers.items():
+        files.append(text_file(f"reproduce/cpu/{name}.cfg", [
+            f"# {comment}", f"--flagfile={cpu}/common.cfg", "--aft_epochs=0", *flags]))
     files.append(grid_file("cpu", [
         "CPU-scale grid: ResNet-20 PGD-AT teacher, ResNet-8 students on 10,000 CIFAR-10 images,",
-        "three seeds, the same budget for every row (15 epochs, +5 of AFT). Hours on 2 cores;",
-        "stop and start it again at will: finished runs are skipped, killed ones resume."],
-        [0, 1, 2], [("", f"{cpu}/teacher.cfg", with_controls("", [
-            ("natural+AFT", f"{cpu}/natural_aft.cfg", "natural"),
-            ("KD+AFT", f"{cpu}/kd_aft.cfg", "KD"),
-            ("ARD+AFT", f"{cpu}/ard_aft.cfg", "ARD"),
-            ("GACD two-sided+AFT", f"{cpu}/gacd_two_sided_aft.cfg", "GACD two-sided"),
-            ("GACD one-sided+AFT", f"{cpu}/gacd_one_sided_aft.cfg", "GACD one-sided")]))]))
+        "three seeds, the same budget for every row (5 epochs, +1 of AFT; RSLAD and AdaAD as",
+        "published, without AFT). About 5 h on 2 cores; stop and start it again at will:",
+        "finished runs are skipped, killed ones resume."],
+        [0, 1, 2], [("", f"{cpu}/teacher.cfg", [
+            *with_controls("", [
+                ("natural+AFT", f"{cpu}/natural_aft.cfg", "natural"),
+                ("KD+AFT", f"{cpu}/kd_aft.cfg", "KD"),
+                ("ARD+AFT", f"{cpu}/ard_aft.cfg", "ARD"),
+                ("GACD two-sided+AFT", f"{cpu}/gacd_two_sided_aft.cfg", "GACD two-sided"),
+                ("GACD one-sided+AFT", f"{cpu}/gacd_one_sided_aft.cfg", "GACD one-sided")]),
+            ("RSLAD", f"{cpu}/rslad.cfg"), ("AdaAD", f"{cpu}/adaad.cfg")])]))
 
     # paper: Tables 1-2 with their control rows, one group per teacher.
     groups = []

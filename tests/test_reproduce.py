@@ -202,12 +202,17 @@ def test_shipped_grids_and_their_flagfiles_parse(monkeypatch):
 
 def test_the_cpu_grid_gives_every_row_the_same_budget():
     common = (ROOT / "flags/reproduce/cpu/common.cfg").read_text()
-    assert "--epochs=15" in common and "--aft_epochs=5" in common
+    assert "--epochs=5" in common and "--aft_epochs=1" in common
     for path in (ROOT / "flags/reproduce/cpu").glob("*_aft.cfg"):
         lines = [line for line in path.read_text().splitlines() if line.startswith("--")]
         assert lines[0] == "--flagfile=flags/reproduce/cpu/common.cfg"
         assert not [line for line in lines if line.split("=")[0] in (
             "--epochs", "--aft_epochs", "--train_examples", "--batch_size", "--learning_rate")]
+    for name in ("rslad", "adaad"):  # the peers as published: the same budget, no AFT
+        lines = [line for line in (ROOT / f"flags/reproduce/cpu/{name}.cfg").read_text()
+                 .splitlines() if line.startswith("--")]
+        assert lines == ["--flagfile=flags/reproduce/cpu/common.cfg", "--aft_epochs=0",
+                         f"--method={name}"]
     teacher = (ROOT / "flags/reproduce/cpu/teacher.cfg").read_text()
     assert "--arch=resnet20" in teacher and "--epochs=15" in teacher
 
