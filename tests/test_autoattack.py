@@ -284,6 +284,55 @@ def test_real_attacks_stay_in_the_ball_and_accuracy_only_falls(names, settings):
     np.testing.assert_array_equal(again["x_adv"], result["x_adv"])
 
 
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_at(aa, attack_name, call):
+    """Makes ``aa`` raise on the ``call``-th batch of ``attack_name`` (a kill stand-in)."""
+    build, calls = aa._attack_fn, []
+
+    def attack_fn(name, *args):
+        fn = build(name, *args)
+
+        def counted(x, y):
+            if name == attack_name:
+                calls.append(1)
+                if len(calls) == call:
+                    raise Interrupted()
+            return fn(x, y)
+        return counted
+    aa._attack_fn = attack_fn
+
+
+@pytest.mark.parametrize("where", [("apgd-ce", 3), ("square", 2)])
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(where, tmp_path):
+    model = tiny_cnn(seed=5)
+    x, _ = data(n=32, seed=6)
+    y = model_labels(model, x, flip=[0, 1])
+    settings = {"apgd-ce": {"n_iter": 4}, "square": {"n_queries": 40}}
+
+    def ensemble(seed=3):
+        return AutoAttack(attacks=["apgd-ce", "square"], attack_settings=settings, verbose=0,
+                          seed=seed)
+    want = ensemble().run(model, x, y, batch_size=6)
+    progress = str(tmp_path / "aa.npz")
+    killed = ensemble()
+    interrupt_at(killed, *where)
+    with pytest.raises(Interrupted):
+        killed.run(model, x, y, batch_size=6, progress_file=progress, progress_every=0)
+    assert (tmp_path / "aa.npz").is_file()
+    # Another evaluation (here another seed) refuses the file instead of mixing it in.
+    with pytest.raises(ConfigError, match="belongs to another evaluation"):
+        ensemble(seed=4).run(model, x, y, batch_size=6, progress_file=progress)
+    got = ensemble().run(model, x, y, batch_size=6, progress_file=progress)
+    assert got["robust_accuracy_by_attack"] == want["robust_accuracy_by_attack"]
+    assert 0 < want["robust_accuracy"] < want["natural_accuracy"]
+    for key in ("robust", "clean_correct", "x_adv", "predictions"):
+        np.testing.assert_array_equal(got[key], want[key])
+    assert not (tmp_path / "aa.npz").exists()  # removed once the evaluation ended
+
+
 def test_the_version_settings_follow_the_reference():
     needed = {"apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab"}
     if not needed <= set(ATTACKS.names()):
@@ -443,6 +492,21 @@ def test_evaluate_program_runs_autoattack_and_writes_json_and_npz(tiny_run):
     predictions = np.argmax(model(clean[robust_rows]).numpy(), -1)
     np.testing.assert_array_equal(predictions == saved["labels"][robust_rows],
                                   saved["clean_correct"][robust_rows])
+    # Its progress file (--output + .progress.npz) is gone; one left by another
+    # evaluation is refused with one line, not mixed in.
+    progress = root / "out" / "aa.json.progress.npz"
+    assert not progress.exists()
+    np.savez(progress, meta=np.array(json.dumps({"key": "another run"})),
+             **{k: np.zeros(1) for k in ("robust", "clean_correct", "x_adv", "predictions",
+                                         "rows")})
+    again = run_program("evaluate", f"--model={root / 'model.keras'}",
+                        f"--data_dir={root / 'data'}", "--attack=autoattack",
+                        f"--aa_attacks={names}", "--test_examples=10", "--batch_size=4",
+                        f"--output={out}", "--verbose=0")
+    assert again.returncode == 1
+    last = again.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "belongs to another evaluation" in last, last
+    assert str(progress) in last
 
 
 @pytest.mark.slow

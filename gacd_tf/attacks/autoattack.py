@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from gacd_tf.attacks import autoattack_progress as progress
 from gacd_tf.attacks.objectives import as_outputs
 from gacd_tf.attacks.pgd import ATTACKS
 from gacd_tf.errors import ConfigError
@@ -247,7 +248,8 @@ class AutoAttack:
     # ------------------------------------------------------------------
     # The evaluation.
 
-    def run(self, model, x, y=None, batch_size=None, verbose=None):
+    def run(self, model, x, y=None, batch_size=None, verbose=None, progress_file=None,
+            progress_every=60.0):
         """Evaluates ``model`` under the ensemble on every example given.
 
         Args:
@@ -260,6 +262,12 @@ class AutoAttack:
             batch_size: points per attack call (default: the dataset's batch
                 size, else 250 as in the reference).
             verbose: overrides the constructor's ``verbose``.
+            progress_file: a ``.npz`` path: save the run's state there (at
+                most every ``progress_every`` seconds, and after each
+                attack) and, when it exists, resume from it; removed when
+                the run ends (see :mod:`gacd_tf.attacks.autoattack_progress`).
+                A resumed run ends exactly as an uninterrupted one.
+            progress_every: seconds between saves (0: after every batch).
 
         Returns:
             dict with ``natural_accuracy``, ``robust_accuracy`` (final),
@@ -283,29 +291,63 @@ class AutoAttack:
             gen.state.assign(self._initial_states[key])
 
         logits_fn = self._logits_fn(model, x.shape[1:])
-        predictions = np.concatenate([
-            np.argmax(logits_fn(x[i:i + batch_size]).numpy(), -1)
-            for i in range(0, n, batch_size)]).astype(np.int64)
-        clean_correct = predictions == y
-        robust = clean_correct.copy()
-        x_adv = x.copy()
-        natural = float(clean_correct.mean())
-        _say(f"natural accuracy: {100 * natural:.2f} % ({n} examples)", verbose)
-        warnings = self._sanity_checks(model, x[:batch_size], y[:batch_size], logits_fn) \
-            if self.checks else []
-        for warning in warnings:
-            _warn(warning, verbose)
+        generators = self.seed_generators()
+        key = progress.run_key(self.get_config(), model, x, y) if progress_file else None
+        saved = progress.load(progress_file, key) if progress_file else None
+        if saved is None:
+            predictions = np.concatenate([
+                np.argmax(logits_fn(x[i:i + batch_size]).numpy(), -1)
+                for i in range(0, n, batch_size)]).astype(np.int64)
+            clean_correct = predictions == y
+            robust = clean_correct.copy()
+            x_adv = x.copy()
+            natural = float(clean_correct.mean())
+            _say(f"natural accuracy: {100 * natural:.2f} % ({n} examples)", verbose)
+            warnings = self._sanity_checks(model, x[:batch_size], y[:batch_size], logits_fn) \
+                if self.checks else []
+            for warning in warnings:
+                _warn(warning, verbose)
+            by_attack, seconds_by_attack, earlier = {}, {}, 0.0
+        else:
+            robust, clean_correct = saved["robust"].astype(bool), saved["clean_correct"]
+            x_adv, predictions = saved["x_adv"], saved["predictions"].astype(np.int64)
+            natural, warnings = saved["natural"], list(saved["warnings"])
+            by_attack, seconds_by_attack = saved["by_attack"], saved["seconds_by_attack"]
+            earlier = saved["seconds"]
+            for name, state in saved["generators"].items():
+                current = generators[name].state
+                current.assign(np.asarray(state, dtype=current.numpy().dtype))
+            _say(f"resumed from {progress_file}: {saved['attack_name']}, batch "
+                 f"{saved['next_batch']} of its {len(saved['rows'])} points "
+                 f"(natural accuracy: {100 * natural:.2f} %, {n} examples)", verbose)
+        last_save = time.time()
 
-        by_attack, seconds_by_attack = {}, {}
+        def save_progress(name, rows, next_batch, outside, seconds_so_far):
+            progress.save(progress_file, key, {
+                "robust": robust, "clean_correct": clean_correct, "x_adv": x_adv,
+                "predictions": predictions, "rows": rows, "natural": natural,
+                "warnings": warnings, "by_attack": by_attack,
+                "seconds_by_attack": {**seconds_by_attack, name: seconds_so_far},
+                "seconds": earlier + time.time() - start, "attack_name": name,
+                "next_batch": next_batch, "outside": outside,
+                "generators": {k: g.state.numpy().tolist() for k, g in generators.items()}})
+
         for name, attack in self.attacks.items():
+            if name in by_attack:  # finished before the interruption
+                continue
             attack_start = time.time()
-            rows = np.flatnonzero(robust)
+            resuming = saved is not None and saved["attack_name"] == name
+            rows = saved["rows"].astype(np.int64) if resuming else np.flatnonzero(robust)
+            first = saved["next_batch"] if resuming else 0
+            outside = saved["outside"] if resuming else 0
+            attack_earlier = saved["seconds_by_attack"].get(name, 0.0) if resuming else 0.0
             batches = range(0, len(rows), batch_size)
             progbar = keras.utils.Progbar(len(batches), verbose=1 if verbose == 1 else 0,
                                           stateful_metrics=["robust_acc"])
             fn = self._attack_fn(name, attack, model, x.shape[1:]) if len(rows) else None
-            outside = 0
             for step, b in enumerate(batches):
+                if step < first:
+                    continue
                 sub = rows[b:b + batch_size]
                 adv, still, pred = (t.numpy() for t in fn(x[sub], y[sub]))
                 still = still.astype(bool)
@@ -316,15 +358,24 @@ class AutoAttack:
                 x_adv[sub[broken]] = adv[broken]
                 predictions[sub[broken]] = pred[broken]
                 progbar.update(step + 1, [("robust_acc", float(robust.mean()))])
+                if progress_file and step + 1 < len(batches) and \
+                        time.time() - last_save >= progress_every:
+                    save_progress(name, rows, step + 1, outside,
+                                  attack_earlier + time.time() - attack_start)
+                    last_save = time.time()
             if outside:
                 warnings.append(_warn(
                     f"{name} returned {outside} adversarial examples outside the {self.norm} "
                     f"ball of radius {self.eps:g} or [0, 1]; they were not counted (a bug of "
                     "that attack)", verbose))
             by_attack[name] = float(robust.mean())
-            seconds_by_attack[name] = round(time.time() - attack_start, 2)
+            seconds_by_attack[name] = round(attack_earlier + time.time() - attack_start, 2)
             _say(f"robust accuracy after {name}: {100 * by_attack[name]:.2f} % "
                  f"({len(rows)} points attacked, {seconds_by_attack[name]:.1f} s)", verbose)
+            saved = None
+            if progress_file and len(by_attack) < len(self.attacks):
+                save_progress(name, np.zeros([0], np.int64), 0, 0, seconds_by_attack[name])
+                last_save = time.time()
 
         if self.checks:
             square = _square_check(by_attack)
@@ -332,13 +383,14 @@ class AutoAttack:
                 warnings.append(_warn(square, verbose))
         final = float(robust.mean())
         _say(f"robust accuracy: {100 * final:.2f} %", verbose)
+        progress.remove(progress_file)
         return {
             "natural_accuracy": natural,
             "robust_accuracy": final,
             "robust_accuracy_by_attack": by_attack,
             "num_examples": n,
             "attack": self.get_config(),
-            "seconds": round(time.time() - start, 2),
+            "seconds": round(earlier + time.time() - start, 2),
             "seconds_by_attack": seconds_by_attack,
             "warnings": warnings,
             "robust": robust,
@@ -348,10 +400,11 @@ class AutoAttack:
             "predictions": predictions,
         }
 
-    def run_ensemble(self, model, dataset, verbose=0, return_examples=False):
+    def run_ensemble(self, model, dataset, verbose=0, return_examples=False,
+                     progress_file=None):
         """:meth:`run` on a dataset, as ``evaluate_robustness`` reports it (JSON-able
         unless ``return_examples``)."""
-        result = self.run(model, dataset, verbose=verbose)
+        result = self.run(model, dataset, verbose=verbose, progress_file=progress_file)
         return result if return_examples else json_result(result)
 
     # ------------------------------------------------------------------

@@ -10,7 +10,8 @@ from gacd_tf.attacks import as_outputs
 from gacd_tf.trainers.common import unpack_batch
 
 
-def evaluate_robustness(model, dataset, attack, verbose=1, return_examples=False):
+def evaluate_robustness(model, dataset, attack, verbose=1, return_examples=False,
+                        progress_file=None):
     """Natural and robust accuracy of ``model`` on every example of ``dataset``.
 
     Robustness follows SPEC "Counting": each batch is attacked with
@@ -34,6 +35,8 @@ def evaluate_robustness(model, dataset, attack, verbose=1, return_examples=False
         return_examples: also return NumPy arrays ``x_adv`` (the adversarial
             examples), ``robust`` and ``clean_correct`` (bool per example) and
             ``labels``, in dataset order.
+        progress_file: AutoAttack only: save its progress in this ``.npz``
+            file and resume from it (see :meth:`AutoAttack.run`).
 
     Returns:
         dict with ``natural_accuracy``, ``robust_accuracy`` (None without an
@@ -53,7 +56,7 @@ def evaluate_robustness(model, dataset, attack, verbose=1, return_examples=False
     model = float32_copy(model)
     if attack is not None and callable(getattr(attack, "run_ensemble", None)):
         return attack.run_ensemble(model, dataset, verbose=verbose,
-                                   return_examples=return_examples)
+                                   return_examples=return_examples, progress_file=progress_file)
 
     def logits_of(x):
         return as_outputs(model(x, training=False))["logits"]

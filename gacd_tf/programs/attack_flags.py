@@ -10,6 +10,7 @@ final AutoAttack evaluation with :func:`define_final_autoattack_flags` and
 """
 
 import inspect
+import os
 
 from absl import flags, logging
 
@@ -181,7 +182,8 @@ def define_final_autoattack_flags():
                            lambda values: values["final_autoattack_examples"] > 0)
 
 
-def final_autoattack(model, dataset_name, data_dir, batch_size, classes=None, verbose=None):
+def final_autoattack(model, dataset_name, data_dir, batch_size, classes=None, verbose=None,
+                     progress_file=None):
     """AutoAttack (``--aa_version``, or the ``--aa_attacks`` list) of ``model`` on
     ``--final_autoattack_examples`` test examples.
 
@@ -193,6 +195,8 @@ def final_autoattack(model, dataset_name, data_dir, batch_size, classes=None, ve
         classes: the transfer task's classes (relabelled 0..k-1), or None.
         verbose: 0 silent, 1 progress bars and lines, 2 one line per attack
             (default: 1 under --verbose=1, else 2).
+        progress_file: save the attack's progress there and resume from it
+            (a killed run started again does not redo the finished batches).
 
     Returns:
         None when the flag is 0 (or absent); else a JSON-able dict with
@@ -223,7 +227,10 @@ def final_autoattack(model, dataset_name, data_dir, batch_size, classes=None, ve
     attack = AutoAttack(version=FLAGS.aa_version, attacks=FLAGS.aa_attacks or None,
                         eps=FLAGS.eps, norm=FLAGS.norm, seed=seed, verbose=verbose)
     logging.info("AutoAttack of the final model on %d test examples", len(labels))
-    result = json_result(attack.run(model, images, labels, batch_size=batch_size))
+    if progress_file:
+        os.makedirs(os.path.dirname(os.path.abspath(progress_file)), exist_ok=True)
+    result = json_result(attack.run(model, images, labels, batch_size=batch_size,
+                                    progress_file=progress_file))
     print(f"autoattack: natural_accuracy={result['natural_accuracy']:.4f} "
           f"robust_accuracy={result['robust_accuracy']:.4f} ({result['num_examples']} test "
           "examples)", flush=True)

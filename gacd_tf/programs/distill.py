@@ -135,8 +135,9 @@ def main(argv):
             logging.info("evaluating the distilled student before AFT")
             result["before_aft"] = evaluate_robustness(
                 student, test_ds, attack_flags.eval_attack_from_flags(), verbose=FLAGS.verbose)
-            autoattack = attack_flags.final_autoattack(student, info.name, FLAGS.data_dir,
-                                                       FLAGS.batch_size)
+            autoattack = attack_flags.final_autoattack(
+                student, info.name, FLAGS.data_dir, FLAGS.batch_size,
+                progress_file=os.path.join(os.path.dirname(before_path), "autoattack_before.npz"))
             if autoattack:
                 result["before_aft"]["autoattack"] = autoattack
             os.makedirs(os.path.dirname(before_path), exist_ok=True)
@@ -157,8 +158,9 @@ def main(argv):
     # before-AFT evaluation reports exactly what an uninterrupted one does.
     result.update(evaluate_robustness(student, test_ds, attack_flags.eval_attack_from_flags(),
                                       verbose=FLAGS.verbose))
-    autoattack = attack_flags.final_autoattack(student, info.name, FLAGS.data_dir,
-                                               FLAGS.batch_size)
+    autoattack = attack_flags.final_autoattack(
+        student, info.name, FLAGS.data_dir, FLAGS.batch_size,
+        progress_file=os.path.join(common.checkpoint_dir(model_dir, "final"), "autoattack.npz"))
     if autoattack:
         result["autoattack"] = autoattack
     result.update(method=FLAGS.method, settings=settings, arch=FLAGS.arch,

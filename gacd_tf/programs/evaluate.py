@@ -34,6 +34,11 @@ def define_flags():
     common.DEFINE_string("save_adversarial", None, "Write the adversarial examples (x_adv, "
                          "float32 in [0,1]), the per-example flags (robust, clean_correct) and "
                          "the labels to this .npz file.")
+    common.DEFINE_string("progress_file", None, "--attack=autoattack: save the evaluation's "
+                         "progress in this .npz file (every minute and after each attack) and, "
+                         "started again with the same flags, resume from it; deleted when the "
+                         "evaluation ends (default: --output with .progress.npz appended, "
+                         "when --output is set).")
     common.DEFINE_integer("verbose", 1, "Progress bar (1) or not (0).")
     flags.mark_flag_as_required("model")
 
@@ -48,16 +53,19 @@ def main(argv):
     model = common.load_model_from_flags(FLAGS.model, "--model", saved_model=True)
     test = load_split(FLAGS.dataset, "test", FLAGS.data_dir, FLAGS.test_examples)
     check_model_fits(model, test.info, source=FLAGS.model)
-    for flag in ("output", "save_adversarial"):
+    for flag in ("output", "save_adversarial", "progress_file"):
         if FLAGS[flag].value:
             common.prepare_output_dir(os.path.dirname(os.path.abspath(FLAGS[flag].value)),
                                       f"the folder of --{flag}")
     attack = attack_flags.eval_attack_from_flags()
     # AutoAttack prints its per-attack lines even without progress bars.
     verbose = FLAGS.verbose or (2 if FLAGS.attack == "autoattack" else 0)
+    progress_file = FLAGS.progress_file or (f"{FLAGS.output}.progress.npz" if FLAGS.output
+                                            else None)
     result = evaluate_robustness(model, make_dataset(test, FLAGS.batch_size, training=False),
                                  attack, verbose=verbose,
-                                 return_examples=bool(FLAGS.save_adversarial))
+                                 return_examples=bool(FLAGS.save_adversarial),
+                                 progress_file=progress_file)
     if FLAGS.save_adversarial:
         attack_flags.save_adversarial(FLAGS.save_adversarial, result)
     result = {k: v for k, v in result.items() if k not in attack_flags.EXAMPLE_ARRAYS}

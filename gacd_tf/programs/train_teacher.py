@@ -80,8 +80,9 @@ def main(argv):
     result.update(dataset=data.info.name, split="test", arch=FLAGS.arch, model="model.keras",
                   train_seconds=round(train_seconds, 1), resumed_from=resume["resumed_from"],
                   train_attack=attack.get_config(), trades_beta=FLAGS.trades_beta)
-    autoattack = attack_flags.final_autoattack(model, data.info.name, FLAGS.data_dir,
-                                               FLAGS.batch_size)
+    autoattack = attack_flags.final_autoattack(
+        model, data.info.name, FLAGS.data_dir, FLAGS.batch_size,
+        progress_file=os.path.join(common.checkpoint_dir(model_dir, "train"), "autoattack.npz"))
     if autoattack:
         result["autoattack"] = autoattack
     common.write_json(metrics_path, result)
