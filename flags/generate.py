@@ -184,14 +184,14 @@ def reproduce_files():
     # Sized to finish in about two 3-hour sessions on 2 CPU cores (teacher ~40 min, each
     # seed ~80 min): evaluation on fixed class-balanced test subsets, the same for every row.
     cpu = "flags/reproduce/cpu"
-    budget = ["--train_examples=10000", "--val_examples=500", "--batch_size=128",
+    budget = ["--train_examples=9500", "--val_examples=500", "--batch_size=128",
               "--learning_rate=0.1", "--momentum=0.9", "--weight_decay=5e-4",
               "--lr_schedule=cosine", *THREAT, "--test_examples=2000",
               "--final_autoattack_examples=200", "--verbose=2"]
     files.append(text_file("reproduce/cpu/teacher.cfg", [
         "# gacd-reproduce CPU-scale grid, the teacher: ResNet-20, Madry PGD-AT (PGD-3, step",
-        "# 2.5 eps / 3) for 15 epochs on a class-balanced 10,000-image CIFAR-10 subset (500",
-        "# of them held out for validation), cosine lr; PGD-20 on a class-balanced 2,000 of",
+        "# 2.5 eps / 3) for 15 epochs on a class-balanced 10,000-image CIFAR-10 subset (9,500",
+        "# for training, 500 held out for validation), cosine lr; PGD-20 on a class-balanced 2,000 of",
         "# the test split, AutoAttack (standard) on a class-balanced 200 of it.",
         "--dataset=cifar10", "--arch=resnet20", "--epochs=15", *budget,
         "--train_attack_steps=3", "--train_step_size=0.0261437908", "--seed=0"]))
