@@ -14,11 +14,17 @@ The targeted version ("apgd-t") is :class:`~gacd_tf.attacks.apgd_targeted.APGDTa
 
 import functools
 import math
-import numbers
 
 import keras
 import tensorflow as tf
 
+from gacd_tf.attacks.arguments import (
+    check_eps,
+    check_whole,
+    is_number,
+    is_whole,
+    require,
+)
 from gacd_tf.attacks.dlr import dlr_loss
 from gacd_tf.attacks.norms import get_norm
 from gacd_tf.attacks.objectives import as_outputs
@@ -100,11 +106,6 @@ def halving_decision(increase_count, window, rho, reduced_last_check, best_loss_
     return tf.logical_or(oscillating, stalled)
 
 
-def _is_whole(value, low):
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value) and int(value) == value and value >= low)
-
-
 def _per_example_max(t, reduce):
     axes = list(range(1, t.shape.rank))
     return reduce(t, axis=axes, keepdims=True)
@@ -153,23 +154,14 @@ class APGD:
     def __init__(self, eps=8 / 255, norm="linf", seed=None, loss="ce", n_iter=100,
                  n_restarts=1, rho=0.75, eot_iter=1):
         name = self._registry_name(loss)
-        if not (isinstance(eps, numbers.Real) and not isinstance(eps, bool)
-                and 0 <= eps < math.inf):
-            raise ConfigError(f"{name} attack eps must be a number >= 0, got {eps!r}")
+        check_eps(name, eps)
         if norm not in ("linf", "l2"):
             raise ConfigError(f"{name} attack norm={norm!r} is unknown; choose linf or l2")
-        if not _is_whole(n_iter, 1):
-            raise ConfigError(f"{name} attack n_iter must be a whole number >= 1, got {n_iter!r}")
-        if not _is_whole(n_restarts, 1):
-            raise ConfigError(
-                f"{name} attack n_restarts must be a whole number >= 1, got {n_restarts!r}")
-        if not (isinstance(rho, numbers.Real) and not isinstance(rho, bool) and 0 <= rho <= 1):
-            raise ConfigError(f"{name} attack rho must be a number in [0, 1], got {rho!r}")
-        if not _is_whole(eot_iter, 1):
-            raise ConfigError(
-                f"{name} attack eot_iter must be a whole number >= 1, got {eot_iter!r}")
-        if seed is not None and not _is_whole(seed, -math.inf):
-            raise ConfigError(f"{name} attack seed must be a whole number or None, got {seed!r}")
+        check_whole(name, n_iter=n_iter, n_restarts=n_restarts)
+        require(is_number(rho) and 0 <= rho <= 1, name, "rho must be a number in [0, 1]", rho)
+        check_whole(name, eot_iter=eot_iter)
+        require(seed is None or is_whole(seed, -math.inf), name,
+                "seed must be a whole number or None", seed)
         self.name = name
         self.eps = float(eps)
         self.norm = get_norm(norm)

@@ -2,7 +2,8 @@
 
 import tensorflow as tf
 
-from gacd_tf.attacks.apgd import APGD, _is_whole
+from gacd_tf.attacks.apgd import APGD
+from gacd_tf.attacks.arguments import check_whole
 from gacd_tf.attacks.dlr import targeted_dlr_loss
 from gacd_tf.attacks.pgd import ATTACKS
 from gacd_tf.errors import ConfigError
@@ -36,9 +37,7 @@ class APGDTargeted(APGD):
 
     def __init__(self, eps=8 / 255, norm="linf", seed=None, n_target_classes=9, n_iter=100,
                  n_restarts=1, rho=0.75, eot_iter=1):
-        if not _is_whole(n_target_classes, 1):
-            raise ConfigError("apgd-t attack n_target_classes must be a whole number >= 1, "
-                              f"got {n_target_classes!r}")
+        check_whole("apgd-t", n_target_classes=n_target_classes)
         self.n_target_classes = int(n_target_classes)
         super().__init__(eps=eps, norm=norm, seed=seed, loss="dlr-targeted", n_iter=n_iter,
                          n_restarts=n_restarts, rho=rho, eot_iter=eot_iter)

@@ -13,14 +13,19 @@ between the true class and one target class, so it needs the gradient of
 """
 
 import math
-import numbers
 
 import keras
 import tensorflow as tf
 
+from gacd_tf.attacks.arguments import (
+    check_eps,
+    check_linf_only,
+    check_whole,
+    is_number,
+    require,
+)
 from gacd_tf.attacks.objectives import as_outputs
 from gacd_tf.attacks.pgd import ATTACKS
-from gacd_tf.errors import ConfigError
 
 _NO_ADVERSARIAL = 1e10
 
@@ -95,14 +100,6 @@ def projection_linf(points, w, b, steps=40):
 _projection_linf_graph = tf.function(projection_linf, reduce_retracing=True)
 
 
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_whole(value):
-    return _is_number(value) and math.isfinite(value) and int(value) == value
-
-
 def _linf_norm(t):
     return tf.reduce_max(tf.abs(tf.reshape(t, [tf.shape(t)[0], -1])), axis=1)
 
@@ -159,19 +156,15 @@ class FAB:
         eta=1.05,
         beta=0.9,
     ):
-        if not _is_number(eps) or not 0 <= eps < math.inf:
-            raise ConfigError(f"{self.name} attack eps must be a number >= 0, got {eps!r}")
-        if norm != "linf":
-            raise ConfigError(f"{self.name} attack norm must be 'linf' (the only one implemented), got {norm!r}")
-        for arg, value in (("n_restarts", n_restarts), ("n_iter", n_iter)):
-            if not _is_whole(value) or value < 1:
-                raise ConfigError(f"{self.name} attack {arg} must be a whole number >= 1, got {value!r}")
-        if not _is_number(alpha_max) or not 0 <= alpha_max <= 1:
-            raise ConfigError(f"{self.name} attack alpha_max must be in [0, 1], got {alpha_max!r}")
-        if not _is_number(eta) or not 1 <= eta < math.inf:
-            raise ConfigError(f"{self.name} attack eta (overshoot) must be >= 1, got {eta!r}")
-        if not _is_number(beta) or not 0 < beta <= 1:
-            raise ConfigError(f"{self.name} attack beta (backward step) must be in (0, 1], got {beta!r}")
+        check_eps(self.name, eps)
+        check_linf_only(self.name, norm)
+        check_whole(self.name, n_restarts=n_restarts, n_iter=n_iter)
+        require(is_number(alpha_max) and 0 <= alpha_max <= 1, self.name,
+                "alpha_max must be in [0, 1]", alpha_max)
+        require(is_number(eta) and 1 <= eta < math.inf, self.name,
+                "eta (overshoot) must be >= 1", eta)
+        require(is_number(beta) and 0 < beta <= 1, self.name,
+                "beta (backward step) must be in (0, 1]", beta)
         self.eps = float(eps)
         self.norm = norm
         self.seed = seed
@@ -366,8 +359,7 @@ class FABTargeted(FAB):
         eta=1.05,
         beta=0.9,
     ):
-        if not _is_whole(n_target_classes) or n_target_classes < 1:
-            raise ConfigError(f"fab-t attack n_target_classes must be a whole number >= 1, got {n_target_classes!r}")
+        check_whole("fab-t", n_target_classes=n_target_classes)
         super().__init__(
             eps=eps, norm=norm, seed=seed, n_restarts=n_restarts, n_iter=n_iter,
             alpha_max=alpha_max, eta=eta, beta=beta,

@@ -6,12 +6,18 @@ white-box attacks could not.
 """
 
 import math
-import numbers
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from gacd_tf.attacks.arguments import (
+    check_eps,
+    check_linf_only,
+    check_whole,
+    is_number,
+    require,
+)
 from gacd_tf.attacks.objectives import as_outputs
 from gacd_tf.attacks.pgd import ATTACKS
 from gacd_tf.errors import ConfigError
@@ -94,18 +100,11 @@ class Square:
 
     def __init__(self, eps=8 / 255, norm="linf", seed=None, n_queries=5000, p_init=0.8, n_restarts=1,
                  rescale_schedule=True):
-        def number(value):
-            return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-        if not number(eps) or eps < 0:
-            raise ConfigError(f"square attack eps must be a number >= 0, got {eps!r}")
-        if norm != "linf":
-            raise ConfigError(f"square attack norm must be 'linf' (the only one implemented), got {norm!r}")
-        for arg, value in (("n_queries", n_queries), ("n_restarts", n_restarts)):
-            if not number(value) or int(value) != value or value < 1:
-                raise ConfigError(f"square attack {arg} must be a whole number >= 1, got {value!r}")
-        if not number(p_init) or not 0 < p_init <= 1:
-            raise ConfigError(f"square attack p_init must be in (0, 1], got {p_init!r}")
+        check_eps("square", eps)
+        check_linf_only("square", norm)
+        check_whole("square", n_queries=n_queries, n_restarts=n_restarts)
+        require(is_number(p_init) and 0 < p_init <= 1, "square", "p_init must be in (0, 1]",
+                p_init)
         self.eps = float(eps)
         self.norm = norm
         self.seed = seed
