@@ -146,6 +146,16 @@ def test_two_workers_agree_with_each_other_and_with_one_process(tmp_path):
     assert reference.keys() == first.keys()
     worst = 0.0
     for key in first:
+        if "conv2d" in key and key.endswith("/bias"):
+            # The tiny models' conv bias feeds batch norm, which subtracts each
+            # channel's batch mean: its gradient is exactly 0, so from its
+            # initial 0 it only collects rounding residue (a few 1e-6, of
+            # either sign, different for every reduction order; measured 1.1e-5
+            # apart between one device and two workers, against 7e-6 for the
+            # largest other difference). Checked against its exact value, 0.
+            for values in (first[key], reference[key]):
+                np.testing.assert_allclose(values, 0.0, rtol=0, atol=1e-4, err_msg=key)
+            continue
         worst = max(worst, float(np.abs(first[key] - reference[key]).max()))
         np.testing.assert_allclose(first[key], reference[key], rtol=1e-4, atol=1e-5,
                                    err_msg=key)

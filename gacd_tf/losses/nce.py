@@ -111,7 +111,18 @@ def initial_log_z(pos_logits, neg_logits, num_data):
     pos_logits = tf.cast(pos_logits, dtype)
     scores = tf.concat([tf.reshape(pos_logits, [-1, 1]), neg_logits], axis=1)
     count = tf.cast(tf.size(scores), dtype)
-    log_z = tf.reduce_logsumexp(scores) - tf.math.log(count) + math.log(num_data)
+    # log(M / (B (k + 1))) first, then ONE addition to the logsumexp: the
+    # result must not depend on whether the batch size is known when the
+    # graph is built. Written ``lse - log(count) + log(M)``, Grappler's
+    # constant folding rewrote that chain of additions (the difference goes
+    # away with constant_folding off) when ``count`` is static
+    # (MirroredStrategy's all_gather), not when it is only known at run time
+    # (MultiWorkerMirroredStrategy's collective all_gather, whose batch
+    # dimension is unknown) nor eagerly: log Z differed by one ulp between
+    # the two strategies, and every later step with it. A constant term
+    # added once leaves nothing to reassociate.
+    offset = math.log(num_data) - tf.math.log(count)
+    log_z = tf.reduce_logsumexp(scores) + offset
     return tf.stop_gradient(log_z)
 
 
