@@ -13,7 +13,8 @@ TRANSFER_COLUMNS = ["model", "natural_accuracy", "robust_accuracy", "train_accur
 
 
 def linear_transfer(backbone, train, test, epochs, optimizer=None, batch_size=128, attack=None,
-                    weight_decay=0.0, seed=0, augment=True, fit=None, verbose=0):
+                    weight_decay=0.0, seed=0, augment=True, fit=None, verbose=0,
+                    strategy=None):
     """Linear evaluation of a frozen model on a target task, natural and robust.
 
     Trains a :class:`gacd_tf.trainers.LinearProbe` (frozen ``backbone``, new
@@ -36,6 +37,11 @@ def linear_transfer(backbone, train, test, epochs, optimizer=None, batch_size=12
             ``probe.fit`` over ``epochs`` (e.g. the programs' resumable
             ``gacd_tf.programs.common.fit_phase``).
         verbose: Keras verbosity.
+        strategy: a ``tf.distribute`` strategy to build and train the probe
+            under (load ``backbone`` and make ``optimizer`` under its scope
+            too); default: the current one. Under a
+            ``MultiWorkerMirroredStrategy`` pass a ``fit`` that trains with the
+            library's loop (``fit_phase``): Keras' ``fit`` cannot run there.
 
     Returns:
         ``(result, probe)``: result holds ``natural_accuracy``,
@@ -51,6 +57,7 @@ def linear_transfer(backbone, train, test, epochs, optimizer=None, batch_size=12
     (0.62, 0.31)
     """
     import keras
+    import tensorflow as tf
 
     from gacd_tf.attacks import PGD
     from gacd_tf.data import make_dataset
@@ -59,10 +66,11 @@ def linear_transfer(backbone, train, test, epochs, optimizer=None, batch_size=12
     from gacd_tf.trainers import LinearProbe
 
     before = weights_digest(backbone)
-    probe = LinearProbe(backbone, train.info.num_classes, input_shape=train.images.shape[1:],
-                        weight_decay=weight_decay,
-                        eval_attack=attack if attack is not None else PGD(steps=7, seed=seed))
-    probe.compile(optimizer=optimizer or keras.optimizers.SGD(0.1, momentum=0.9))
+    with (strategy or tf.distribute.get_strategy()).scope():
+        probe = LinearProbe(backbone, train.info.num_classes,
+                            input_shape=train.images.shape[1:], weight_decay=weight_decay,
+                            eval_attack=attack if attack is not None else PGD(steps=7, seed=seed))
+        probe.compile(optimizer=optimizer or keras.optimizers.SGD(0.1, momentum=0.9))
     if fit is None:
         probe.fit(make_dataset(train, batch_size, training=True, seed=seed, augment=augment),
                   epochs=epochs, verbose=verbose, shuffle=False)

@@ -17,14 +17,23 @@ tsne: tsne.png, tsne.json;
 sweep: FLAG=VALUE/ (one gacd-distill run each, its output in sweep.log) and
 sweep_FLAG.{md,csv,json,png};
 report: report.md (tables, and the pictures above beside it), report.json.
+
+transfer trains, so it takes the training programs' device flags: --strategy
+(mirrored, or multi_worker from TF_CONFIG: the chief writes --output_dir and
+reports, a killed cluster resumes from the chief's checkpoints), --cpu_devices,
+--mixed_precision and --jit_compile; the other commands refuse them. (The mixed
+policy reaches only the layers the probe adds, and its head stays float32 like the
+zoo's logits layers; the loaded backbone computes in the precision it was saved with,
+as gacd-distill's teacher does.)
 """
 
 import os
+import types
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from gacd_tf.errors import ConfigError  # noqa: E402
-from gacd_tf.programs import attack_flags, common, data_flags  # noqa: E402
+from gacd_tf.programs import attack_flags, common, data_flags, devices  # noqa: E402
 from gacd_tf.programs.analyze_maps import correlation_command, tsne_command  # noqa: E402
 from gacd_tf.programs.analyze_report import REPORT_PARTS, report_command  # noqa: E402
 from gacd_tf.programs.analyze_sweep import sweep_command  # noqa: E402
@@ -46,6 +55,7 @@ def define_flags():
     attack_flags.define_attack_flags()
     attack_flags.define_final_autoattack_flags()
     common.define_optimizer_flags(epochs=10, learning_rate=0.1)
+    devices.define_distribute_flags()  # transfer only (check_device_flags)
     common.define_checkpoint_flags()
     common.define_load_flags()
     common.DEFINE_string("output_dir", None, "Output folder (created if needed).")
@@ -87,11 +97,29 @@ def main(argv):
         raise ConfigError(f"name one command first: gacd-analyze COMMAND --flags, COMMAND one "
                           f"of {', '.join(COMMANDS.names())}{given}")
     command = commands[0]
+    check_device_flags(command)
     common.prepare_output_dir(FLAGS.output_dir, "--output_dir")
+    # Before any TensorFlow op; only transfer trains (on the strategy of --strategy).
+    strategy = devices.strategy_from_flags() if command == "transfer" else None
     common.setup_runtime(FLAGS.seed)
-    common.write_json(os.path.join(FLAGS.output_dir, "flags.json"),
+    devices.setup_precision()
+    output_dir = devices.this_worker_dir(FLAGS.output_dir)  # multi_worker: the chief writes
+    common.write_json(os.path.join(output_dir, "flags.json"),
                       dict(common.flag_values(), command=command))
-    COMMANDS.get(command)()
+    COMMANDS.get(command)(types.SimpleNamespace(output_dir=output_dir, strategy=strategy))
+
+
+def check_device_flags(command):
+    """Refuses the device flags (--strategy, --mixed_precision, --jit_compile) outside transfer."""
+    if command == "transfer":
+        return
+    for name in ("strategy", "mixed_precision", "jit_compile"):
+        if FLAGS[name].value != FLAGS[name].default:
+            also = (" (its transfer part trains on one device; run gacd-analyze transfer "
+                    "with it for the probes)" if command == "report" else "")
+            raise ConfigError(f"{FLAGS[name].serialize()} applies only to gacd-analyze "
+                              f"transfer, the command that trains; {command} does not take "
+                              f"it{also}: drop it")
 
 
 def entry_point():

@@ -15,7 +15,8 @@ from gacd_tf.programs.analyze_inputs import (
 from gacd_tf.programs.common import FLAGS
 
 
-def correlation_command():
+def correlation_command(run):
+    del run  # one device, writes into --output_dir
     from gacd_tf.analysis import correlation_maps
     from gacd_tf.data import make_dataset
     from gacd_tf.data.datasets import class_names
@@ -40,7 +41,8 @@ def correlation_command():
     return result
 
 
-def tsne_command():
+def tsne_command(run):
+    del run  # one device, writes into --output_dir
     from gacd_tf.analysis import tsne_maps
     from gacd_tf.analysis.tsne import summary
 

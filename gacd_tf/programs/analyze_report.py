@@ -19,7 +19,8 @@ from gacd_tf.programs.common import FLAGS
 REPORT_PARTS = ("correlation", "tsne", "transfer")
 
 
-def report_command():
+def report_command(run):
+    del run  # one device, writes into --output_dir
     from gacd_tf.analysis import load_runs, render_report
 
     paths = require("runs", "report")

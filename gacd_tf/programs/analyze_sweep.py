@@ -8,7 +8,8 @@ from gacd_tf.programs.analyze_inputs import require
 from gacd_tf.programs.common import FLAGS
 
 
-def sweep_command():
+def sweep_command(run):
+    del run  # one device, writes into --output_dir
     from gacd_tf.analysis import run_sweep
 
     flagfile = require("distill_flagfile", "sweep")

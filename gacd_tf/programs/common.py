@@ -237,7 +237,7 @@ def start_training_run():
     ``--model_dir`` already holds this run complete (its ``metrics.json``,
     written last, exists), after saying so.
     """
-    from gacd_tf.programs.devices import is_chief, setup_precision, strategy_from_flags, worker_output_dir
+    from gacd_tf.programs.devices import setup_precision, strategy_from_flags, this_worker_dir
 
     model_dir = prepare_output_dir(FLAGS.model_dir)
     metrics_path = os.path.join(model_dir, "metrics.json")
@@ -247,14 +247,8 @@ def start_training_run():
     strategy = strategy_from_flags()
     setup_runtime(FLAGS.seed)
     setup_precision()
-    if not is_chief():  # multi-worker: only the chief writes into --model_dir
-        import keras
-
-        model_dir = worker_output_dir(model_dir)
-        metrics_path = os.path.join(model_dir, "metrics.json")
-        logging.set_verbosity(logging.WARNING)  # progress and logs come from the chief
-        keras.utils.disable_interactive_logging()
-    return model_dir, metrics_path, strategy
+    model_dir = this_worker_dir(model_dir)  # multi-worker: only the chief writes into it
+    return model_dir, os.path.join(model_dir, "metrics.json"), strategy
 
 
 def fit_phase(trainer, data, model_dir, phase, epochs, last_path=None, best_path=None,

@@ -113,6 +113,22 @@ def worker_output_dir(model_dir):
     return temporary
 
 
+def this_worker_dir(model_dir):
+    """``model_dir`` on the chief; on another worker a :func:`worker_output_dir`.
+
+    Call after :func:`gacd_tf.programs.common.setup_runtime`: a non-chief
+    worker's logs drop to warnings and Keras' progress output stops (the
+    chief writes the run's files and reports).
+    """
+    if is_chief():
+        return model_dir
+    import keras
+
+    logging.set_verbosity(logging.WARNING)  # progress and logs come from the chief
+    keras.utils.disable_interactive_logging()
+    return worker_output_dir(model_dir)
+
+
 def chief_dir(model_dir):
     """The run's --model_dir for a folder of :func:`worker_output_dir` (else ``model_dir``)."""
     for temporary, real in _CHIEF_DIRS.items():

@@ -67,7 +67,9 @@ class LinearProbe(RobustTrainer):
         if input_shape[:2] != backbone_shape[:2]:
             x = keras.layers.Resizing(*backbone_shape[:2], interpolation="bilinear",
                                       name="resize")(x)
-        logits = keras.layers.Dense(int(num_classes), name="linear_head")(features(x))
+        # float32 under a mixed-precision policy too, as the zoo's logits layers.
+        logits = keras.layers.Dense(int(num_classes), dtype="float32",
+                                    name="linear_head")(features(x))
         network = keras.Model(images, logits, name=f"{backbone.name}_linear_probe")
         super().__init__(network, ["loss", "accuracy"], weight_decay=weight_decay,
                          eval_attack=eval_attack if eval_attack is not None else PGD(steps=7),
