@@ -222,8 +222,11 @@ def final_autoattack(model, dataset_name, data_dir, batch_size, classes=None, ve
     else:
         images, labels = test.images, test.labels
     seed = FLAGS.aa_seed if "aa_seed" in FLAGS else FLAGS.seed
+    from gacd_tf.programs.devices import is_chief
+
+    chief = is_chief()  # other workers of --strategy=multi_worker evaluate quietly
     if verbose is None:
-        verbose = 1 if "verbose" in FLAGS and FLAGS.verbose == 1 else 2
+        verbose = (1 if "verbose" in FLAGS and FLAGS.verbose == 1 else 2) if chief else 0
     attack = AutoAttack(version=FLAGS.aa_version, attacks=FLAGS.aa_attacks or None,
                         eps=FLAGS.eps, norm=FLAGS.norm, seed=seed, verbose=verbose)
     logging.info("AutoAttack of the final model on %d test examples", len(labels))
@@ -231,7 +234,8 @@ def final_autoattack(model, dataset_name, data_dir, batch_size, classes=None, ve
         os.makedirs(os.path.dirname(os.path.abspath(progress_file)), exist_ok=True)
     result = json_result(attack.run(model, images, labels, batch_size=batch_size,
                                     progress_file=progress_file))
-    print(f"autoattack: natural_accuracy={result['natural_accuracy']:.4f} "
-          f"robust_accuracy={result['robust_accuracy']:.4f} ({result['num_examples']} test "
-          "examples)", flush=True)
+    if chief:
+        print(f"autoattack: natural_accuracy={result['natural_accuracy']:.4f} "
+              f"robust_accuracy={result['robust_accuracy']:.4f} ({result['num_examples']} "
+              "test examples)", flush=True)
     return result
