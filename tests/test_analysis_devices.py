@@ -10,17 +10,14 @@ again) end with the weights of that mirrored run, only the chief writing into
 """
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import keras
 import numpy as np
 import pytest
 from program_helpers import run_program, write_tiny_cifar10
+from worker_helpers import event_pids, files, finish, free_ports, start_worker
 
 from gacd_tf.models import build_model
 
@@ -131,63 +128,6 @@ def test_device_flags_are_refused_with_one_line(backbone_file, tmp_path, args, m
     assert not (tmp_path / "out" / "transfer.json").exists()
 
 
-# --- two workers (copied from tests/test_multi_worker_cli.py) --------------------------------
-
-
-def free_ports(count=2):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def tf_config(ports, index):
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                       "task": {"type": "worker", "index": index}})
-
-
-def start_worker(args, ports, index, tmpdir):
-    """``python -m gacd_tf.programs.analyze ARGS --strategy=multi_worker`` as worker INDEX."""
-    os.makedirs(tmpdir, exist_ok=True)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=tf_config(ports, index),
-               TMPDIR=str(tmpdir))
-    env.pop("GACD_DATA_DIR", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "gacd_tf.programs.analyze", *args, "--strategy=multi_worker"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def finish(procs, timeout=300):
-    deadline, outputs = time.monotonic() + timeout, []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=max(1.0, deadline - time.monotonic())))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return outputs
-
-
-def files(folder):
-    """Relative paths under ``folder``, TensorBoard event files by folder only."""
-    out = set()
-    for root, _, names in os.walk(folder):
-        for name in names:
-            rel = os.path.relpath(os.path.join(root, name), folder)
-            out.add(os.path.dirname(rel) + "/<events>" if ".tfevents." in name else rel)
-    return out
-
-
-def event_pids(folder):
-    return {int(name.rsplit(".", 3)[-3]) for root, _, names in os.walk(folder)
-            for name in names if ".tfevents." in name}
-
-
 @pytest.mark.slow
 def test_a_killed_worker_restarted_resumes_the_probe_to_the_mirrored_weights(
         tiny_data, backbone_file, mirrored_run, tmp_path):
@@ -196,7 +136,7 @@ def test_a_killed_worker_restarted_resumes_the_probe_to_the_mirrored_weights(
     args = transfer_args(tiny_data, backbone_file, out)
     tmp = [tmp_path / "tmp0", tmp_path / "tmp1"]
     state_file = out / "probe_student" / "checkpoints" / "probe" / "state.json"
-    procs = [start_worker(args, ports, i, tmp[i]) for i in range(2)]
+    procs = [start_worker("analyze", args, ports, i, tmp[i]) for i in range(2)]
     pids = {procs[0].pid}
     deadline = time.monotonic() + 240
     while not state_file.exists() and procs[0].poll() is None and time.monotonic() < deadline:
@@ -214,7 +154,7 @@ def test_a_killed_worker_restarted_resumes_the_probe_to_the_mirrored_weights(
     assert not (out / "transfer.json").exists()
 
     # Both started again with the same commands: they finish the probe.
-    procs = [start_worker(args, ports, i, tmp[i]) for i in range(2)]
+    procs = [start_worker("analyze", args, ports, i, tmp[i]) for i in range(2)]
     pids.add(procs[0].pid)
     (out0, err0), (out1, err1) = finish(procs)
     assert procs[0].returncode == 0, err0[-3000:]
