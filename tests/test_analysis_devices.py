@@ -10,14 +10,12 @@ again) end with the weights of that mirrored run, only the chief writing into
 """
 
 import json
-import signal
-import time
 
 import keras
 import numpy as np
 import pytest
 from program_helpers import run_program, write_tiny_cifar10
-from worker_helpers import event_pids, files, finish, free_ports, start_worker
+from worker_helpers import event_pids, files, kill_one_and_restart
 
 from gacd_tf.models import build_model
 
@@ -132,33 +130,17 @@ def test_device_flags_are_refused_with_one_line(backbone_file, tmp_path, args, m
 def test_a_killed_worker_restarted_resumes_the_probe_to_the_mirrored_weights(
         tiny_data, backbone_file, mirrored_run, tmp_path):
     reference, _ = mirrored_run
-    out, ports = tmp_path / "run", free_ports()
+    out = tmp_path / "run"
     args = transfer_args(tiny_data, backbone_file, out)
     tmp = [tmp_path / "tmp0", tmp_path / "tmp1"]
     state_file = out / "probe_student" / "checkpoints" / "probe" / "state.json"
-    procs = [start_worker("analyze", args, ports, i, tmp[i]) for i in range(2)]
-    pids = {procs[0].pid}
-    deadline = time.monotonic() + 240
-    while not state_file.exists() and procs[0].poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    procs[1].send_signal(signal.SIGKILL)
-    procs[1].wait()
-    state = json.loads(state_file.read_text())
-    assert not state["completed"] and state["global_step"] < 12
-    # The survivor notices (TensorFlow's heartbeats) and stops with one line.
-    (_, err0), = finish(procs[:1], timeout=180)
-    assert procs[0].returncode == 1, err0[-3000:]
-    last = err0.strip().splitlines()[-1]
-    assert last.startswith("error: another worker of the cluster stopped"), last
-    assert "start every stopped worker again with the same command" in last
-    assert not (out / "transfer.json").exists()
 
-    # Both started again with the same commands: they finish the probe.
-    procs = [start_worker("analyze", args, ports, i, tmp[i]) for i in range(2)]
-    pids.add(procs[0].pid)
-    (out0, err0), (out1, err1) = finish(procs)
-    assert procs[0].returncode == 0, err0[-3000:]
-    assert procs[1].returncode == 0, err1[-3000:]
+    def nothing_final_written():
+        assert not (out / "transfer.json").exists()
+
+    state, pids, ((out0, err0), (out1, err1)) = kill_one_and_restart(
+        "analyze", args, tmp, state_file, nothing_final_written)
+    assert not state["completed"] and state["global_step"] < 12
     # Progress and results from the chief only.
     assert "probe: resumed after" in out0 and "Epoch 2/2" in out0
     assert "transfer student: natural_accuracy=" in out0

@@ -10,14 +10,12 @@ weights as that one-process run too.
 """
 
 import json
-import signal
-import time
 
 import keras
 import numpy as np
 import pytest
 from program_helpers import run_program, write_tiny_cifar10
-from worker_helpers import event_pids, files, finish, free_ports, start_worker, tf_config
+from worker_helpers import event_pids, files, finish, free_ports, kill_one_and_restart, start_worker, tf_config
 
 from gacd_tf.models import build_model
 
@@ -84,33 +82,17 @@ def test_a_killed_worker_restarted_resumes_the_cluster_to_the_one_process_weight
                          "--strategy=mirrored", "--cpu_devices=2")
     assert result.returncode == 0, result.stderr[-3000:]
 
-    model_dir, ports = tmp_path / "run", free_ports()
+    model_dir = tmp_path / "run"
     args = distill_args(tiny_data, teacher_file, model_dir)
     tmp = [tmp_path / "tmp0", tmp_path / "tmp1"]
     state_file = model_dir / "checkpoints" / "distill" / "state.json"
-    procs = [start_worker("distill", args, ports, i, tmp[i]) for i in range(2)]
-    pids = {procs[0].pid}
-    deadline = time.monotonic() + 240
-    while not state_file.exists() and procs[0].poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    procs[1].send_signal(signal.SIGKILL)
-    procs[1].wait()
-    state = json.loads(state_file.read_text())
-    assert not state["completed"] and state["global_step"] < 8
-    # The survivor notices (TensorFlow's heartbeats) and stops with one line.
-    (_, err0), = finish(procs[:1], timeout=180)
-    assert procs[0].returncode == 1, err0[-3000:]
-    last = err0.strip().splitlines()[-1]
-    assert last.startswith("error: another worker of the cluster stopped"), last
-    assert "start every stopped worker again with the same command" in last
-    assert not (model_dir / "metrics.json").exists()
 
-    # Both started again with the same commands: they finish the run.
-    procs = [start_worker("distill", args, ports, i, tmp[i]) for i in range(2)]
-    pids.add(procs[0].pid)
-    (out0, err0), (out1, err1) = finish(procs)
-    assert procs[0].returncode == 0, err0[-3000:]
-    assert procs[1].returncode == 0, err1[-3000:]
+    def nothing_final_written():
+        assert not (model_dir / "metrics.json").exists()
+
+    state, pids, ((out0, err0), (out1, err1)) = kill_one_and_restart(
+        "distill", args, tmp, state_file, nothing_final_written)
+    assert not state["completed"] and state["global_step"] < 8
     resumed = json.loads((model_dir / "metrics.json").read_text())["resumed_from"]["distill"]
     assert resumed["global_step"] >= state["global_step"]
     # Progress and results from the chief only.

@@ -4,6 +4,7 @@ the outputs, and the files a run wrote."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -62,3 +63,40 @@ def files(folder):
 def event_pids(folder):
     return {int(name.rsplit(".", 3)[-3]) for root, _, names in os.walk(folder)
             for name in names if ".tfevents." in name}
+
+
+def kill_one_and_restart(module, args, tmp, state_file, after_kill):
+    """Two workers of ``module``; worker 1 SIGKILLed once ``state_file`` (the first
+    checkpoint) exists; the survivor must stop with the one-line "another worker"
+    error; ``after_kill()`` (the caller's checks of the interrupted run) is called;
+    then both start again with the same command and are collected.
+
+    Returns:
+        ``(state, pids, outputs)``: the checkpoint state at the kill, the
+        chief's process ids (for TensorBoard file names) and ``finish``'s
+        ``[(stdout, stderr)]`` of the restarted pair.
+    """
+    ports = free_ports()
+    procs = [start_worker(module, args, ports, i, tmp[i]) for i in range(2)]
+    pids = {procs[0].pid}
+    deadline = time.monotonic() + 240
+    while not state_file.exists() and procs[0].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    procs[1].send_signal(signal.SIGKILL)
+    procs[1].wait()
+    state = json.loads(state_file.read_text())
+    # The survivor notices (TensorFlow's heartbeats) and stops with one line.
+    (_, err0), = finish(procs[:1], timeout=180)
+    assert procs[0].returncode == 1, err0[-3000:]
+    last = err0.strip().splitlines()[-1]
+    assert last.startswith("error: another worker of the cluster stopped"), last
+    assert "start every stopped worker again with the same command" in last
+    after_kill()
+
+    # Both started again with the same commands: they finish the run.
+    procs = [start_worker(module, args, ports, i, tmp[i]) for i in range(2)]
+    pids.add(procs[0].pid)
+    outputs = finish(procs)
+    for i, proc in enumerate(procs):
+        assert proc.returncode == 0, f"worker {i}:\n{outputs[i][1][-3000:]}"
+    return state, pids, outputs
