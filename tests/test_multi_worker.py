@@ -10,7 +10,6 @@ Run as a script, this file is one worker:
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -90,18 +89,10 @@ def worker(index, ports, out_path):
     np.savez(out_path, **results(trainers, histories))
 
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ",".join(map(str, ports))
-
-
 def run_workers(tmp_path, timeout=240):
-    ports = free_ports(2)
+    from worker_helpers import free_ports
+
+    ports = ",".join(map(str, free_ports(2)))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
     env.pop("TF_CONFIG", None)
