@@ -325,6 +325,8 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(where, tmp_path)
     # Another evaluation (here another seed) refuses the file instead of mixing it in.
     with pytest.raises(ConfigError, match="belongs to another evaluation"):
         ensemble(seed=4).run(model, x, y, batch_size=6, progress_file=progress)
+    with pytest.raises(ConfigError, match="belongs to another evaluation"):  # another model
+        ensemble().run(tiny_cnn(seed=7), x, y, batch_size=6, progress_file=progress)
     got = ensemble().run(model, x, y, batch_size=6, progress_file=progress)
     assert got["robust_accuracy_by_attack"] == want["robust_accuracy_by_attack"]
     assert 0 < want["robust_accuracy"] < want["natural_accuracy"]

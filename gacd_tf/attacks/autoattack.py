@@ -292,7 +292,8 @@ class AutoAttack:
 
         logits_fn = self._logits_fn(model, x.shape[1:])
         generators = self.seed_generators()
-        key = progress.run_key(self.get_config(), model, x, y) if progress_file else None
+        key = progress.run_key(self.get_config(), model, x, y,
+                               logits_fn(x[:batch_size]).numpy()) if progress_file else None
         saved = progress.load(progress_file, key) if progress_file else None
         if saved is None:
             predictions = np.concatenate([

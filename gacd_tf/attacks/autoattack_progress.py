@@ -22,10 +22,12 @@ from gacd_tf.errors import ConfigError
 _ARRAYS = ("robust", "clean_correct", "x_adv", "predictions", "rows")
 
 
-def run_key(config, model, x, y):
+def run_key(config, model, x, y, probe_logits):
     """A digest of what a run measures: the attack settings, the model's
-    weights, the images and the labels."""
+    weights (where it exposes them) and its logits on the first batch (a
+    SavedModel exposes none), the images and the labels."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    digest.update(np.ascontiguousarray(probe_logits, dtype=np.float32).tobytes())
     for weight in getattr(model, "weights", []):
         value = np.ascontiguousarray(np.asarray(weight))
         digest.update(str(value.shape).encode())
