@@ -55,8 +55,6 @@ def define_attack_flags():
     _check_autoattack_norm(["attack"], lambda values: values["attack"] == "autoattack")
 
 
-
-
 def _check_autoattack_norm(extra, used):
     """Refuses --norm=l2 when the AutoAttack to run holds l_inf-only attacks.
 
