@@ -13,7 +13,7 @@ import tensorflow as tf
 from gacd_tf.attacks import PGD, OptimalTransport
 from gacd_tf.distribute import make_strategy
 from gacd_tf.errors import ConfigError
-from gacd_tf.losses import cross_class_cosine
+from gacd_tf.losses import cross_class_cosine, within_class_cosine
 from gacd_tf.trainers import EpochEndLogs, GACDDistiller, build_method
 from tiny_models import tiny
 
@@ -21,12 +21,18 @@ M, C = 24, 3
 
 
 # ----------------------------------------------------------------------------- references
-def np_cross_class_cosine(rows, labels):
-    """Mean over ordered pairs (i, j), labels differ, of cos(rows_i, rows_j): O(M^2)."""
+def np_cross_class_cosine(rows, labels, same=False, centred=False):
+    """Mean over ordered pairs (i, j), labels differ (``same``: i != j and labels
+    equal), of cos(rows_i, rows_j): O(M^2). ``centred``: cosines of the unit rows
+    minus their mean."""
+    if centred:
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        unit_rows = np.where(norms > 0, rows / np.where(norms > 0, norms, 1), 0.0)
+        rows = unit_rows - unit_rows.mean(axis=0)
     total, count = 0.0, 0
     for i in range(len(rows)):
         for j in range(len(rows)):
-            if labels[i] != labels[j]:
+            if (labels[i] == labels[j] and i != j) if same else labels[i] != labels[j]:
                 ni, nj = np.linalg.norm(rows[i]), np.linalg.norm(rows[j])
                 cos = 0.0 if ni == 0 or nj == 0 else rows[i] @ rows[j] / (ni * nj)
                 total, count = total + cos, count + 1
@@ -61,6 +67,38 @@ def test_cross_class_cosine_equals_the_pairwise_mean():
     value = cross_class_cosine(rows.astype("float32"), labels, 4)
     assert value.dtype == tf.float32
     np.testing.assert_allclose(float(value), np_cross_class_cosine(rows, labels), atol=1e-6)
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_within_class_and_centred_cosines_equal_the_pairwise_means(centred):
+    rng = np.random.default_rng(2)
+    rows = rng.normal(size=(30, 5)) * rng.uniform(0.1, 3.0, size=(30, 1))
+    rows[3] = 0.0
+    labels = rng.integers(0, 4, size=30)
+    within = within_class_cosine(rows.astype("float32"), labels, 4, centred=centred)
+    assert within.dtype == tf.float32
+    np.testing.assert_allclose(float(within), np_cross_class_cosine(
+        rows, labels, same=True, centred=centred), atol=1e-6)
+    np.testing.assert_allclose(
+        float(cross_class_cosine(rows.astype("float32"), labels, 4, centred=centred)),
+        np_cross_class_cosine(rows, labels, centred=centred), atol=1e-6)
+
+
+def test_centred_within_class_cosine_tells_an_offset_from_a_collapse():
+    # Rows = a large shared direction + a small class direction + noise: the
+    # raw cross-class cosine is high (~.9) for both banks, but only the
+    # offset bank keeps its classes apart once the shared direction is gone.
+    rng = np.random.default_rng(3)
+    labels = np.arange(300) % 3
+    shared = np.eye(8)[0] * 3.0
+    offset = shared + np.eye(8)[1 + labels] + 0.3 * rng.normal(size=(300, 8))
+    collapsed = shared + 0.3 * rng.normal(size=(300, 8))  # nothing of the class left
+    for bank in (offset, collapsed):
+        assert float(cross_class_cosine(bank, labels, 3)) > 0.8
+    assert float(within_class_cosine(offset, labels, 3, centred=True)) > 0.4  # .51
+    assert abs(float(within_class_cosine(collapsed, labels, 3, centred=True))) < 0.05
+    # No class with two rows: nothing to average.
+    assert np.isnan(float(within_class_cosine(offset[:3], labels[:3], 3)))
 
 
 def test_cross_class_cosine_of_collapsed_and_opposite_banks():
@@ -154,12 +192,19 @@ def test_epoch_log_holds_the_detector_of_the_bank_at_the_epoch_end(nce_form):
         gacd.student_bank.bank.numpy(), labels), atol=1e-5)
     assert float(gacd.bank_cross_class_cosines()["bank_cross_class_cosine"]) == pytest.approx(
         logged[-1], abs=1e-6)
+    np.testing.assert_allclose(history["bank_centred_within_class_cosine"][-1],
+                               np_cross_class_cosine(gacd.student_bank.bank.numpy(), labels,
+                                                     same=True, centred=True), atol=1e-5)
     if nce_form == "two_sided":
+        teacher_bank = gacd.teacher_bank.bank.numpy()
         np.testing.assert_allclose(history["teacher_bank_cross_class_cosine"][-1],
-                                   np_cross_class_cosine(gacd.teacher_bank.bank.numpy(), labels),
-                                   atol=1e-5)
+                                   np_cross_class_cosine(teacher_bank, labels), atol=1e-5)
+        np.testing.assert_allclose(history["teacher_bank_centred_within_class_cosine"][-1],
+                                   np_cross_class_cosine(teacher_bank, labels, same=True,
+                                                         centred=True), atol=1e-5)
     else:
         assert "teacher_bank_cross_class_cosine" not in history
+        assert "teacher_bank_centred_within_class_cosine" not in history
 
 
 def test_detector_under_two_replicas_is_that_of_the_shared_bank():

@@ -9,11 +9,13 @@ from gacd_tf.losses.nce import (
     initial_log_z,
     nce_logits,
     reweighted_nce_loss,
+    within_class_cosine,
 )
 from gacd_tf.losses.sinkhorn import cosine_cost, sinkhorn_distance, sinkhorn_plan
 
 __all__ = [
     "ard_loss", "distillation_kl", "kd_loss",
     "cross_class_cosine", "initial_log_z", "nce_logits", "reweighted_nce_loss",
+    "within_class_cosine",
     "cosine_cost", "sinkhorn_distance", "sinkhorn_plan",
 ]

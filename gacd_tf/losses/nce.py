@@ -1,5 +1,6 @@
 """GACD's reweighted NCE loss against a memory bank of negatives, and the
-bank's collapse detector (:func:`cross_class_cosine`).
+bank's collapse detector (:func:`cross_class_cosine`, read with
+:func:`within_class_cosine`).
 
 The scores of the ``k`` negatives are computed as one matrix product of the
 anchors with the whole bank (``[B, d] x [d, M]``) followed by a batched gather
@@ -177,7 +178,19 @@ def reweighted_nce_loss(pos_logits, neg_logits, log_z, num_data, sample_weight=N
     return -tf.reduce_mean(per_example)
 
 
-def cross_class_cosine(rows, labels, num_classes):
+def _class_sums(rows, labels, num_classes, centred):
+    """Unit rows' class sums ``S_c`` [C, d], counts ``M_c`` [C] and ``sum_i ||n_i||^2``."""
+    rows = tf.cast(tf.convert_to_tensor(rows), tf.float64)
+    labels = tf.cast(tf.convert_to_tensor(labels), tf.int32)
+    unit = tf.math.l2_normalize(rows, axis=-1)
+    if centred:
+        unit = tf.math.l2_normalize(unit - tf.reduce_mean(unit, axis=0, keepdims=True), axis=-1)
+    class_sums = tf.math.unsorted_segment_sum(unit, labels, num_classes)  # [C, d]
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(labels, tf.float64), labels, num_classes)
+    return class_sums, counts, tf.reduce_sum(tf.square(unit))
+
+
+def cross_class_cosine(rows, labels, num_classes, centred=False):
     """Mean cosine between rows of *different* classes (a memory-bank collapse detector).
 
     With ``n_i = rows_i / ||rows_i||`` (a zero row stays zero)::
@@ -188,13 +201,17 @@ def cross_class_cosine(rows, labels, num_classes):
     ``S = sum_c S_c``: the sum over those pairs is ``||S||^2 - sum_c ||S_c||^2``
     and their number is ``M^2 - sum_c M_c^2``, so the cost is ``O(M d)``, not
     ``O(M^2 d)``. Computed in float64. Near 0 for a healthy bank of l2-normalised
-    embeddings; near 1 when every class has collapsed onto the same direction.
+    embeddings; near 1 when every class has collapsed onto the same direction
+    *or* when the rows share one large common direction (their mean) and keep
+    their class structure around it: read it with
+    :func:`within_class_cosine` ``(centred=True)``, which tells the two apart.
     NaN when every row has the same label (no pair to average).
 
     Args:
         rows: ``[M, d]`` embeddings (e.g. GACD's memory bank).
         labels: ``[M]`` int labels in ``0 .. num_classes - 1``.
         num_classes: C.
+        centred: first replace each ``n_i`` by ``l2norm(n_i - mean_j n_j)``.
 
     Returns:
         A float32 scalar tensor.
@@ -204,13 +221,42 @@ def cross_class_cosine(rows, labels, num_classes):
     >>> float(cross_class_cosine(rows, tf.constant([0, 1, 1]), 2))  # pairs (0,1), (0,2)
     0.5
     """
-    rows = tf.cast(tf.convert_to_tensor(rows), tf.float64)
-    labels = tf.cast(tf.convert_to_tensor(labels), tf.int32)
-    unit = tf.math.l2_normalize(rows, axis=-1)
-    class_sums = tf.math.unsorted_segment_sum(unit, labels, num_classes)  # [C, d]
-    counts = tf.math.unsorted_segment_sum(tf.ones_like(labels, tf.float64), labels, num_classes)
+    class_sums, counts, _ = _class_sums(rows, labels, num_classes, centred)
     total = tf.reduce_sum(class_sums, axis=0)
     cross_sum = tf.reduce_sum(tf.square(total)) - tf.reduce_sum(tf.square(class_sums))
     size = tf.reduce_sum(counts)
     cross_pairs = tf.square(size) - tf.reduce_sum(tf.square(counts))
     return tf.cast(cross_sum / cross_pairs, tf.float32)
+
+
+def within_class_cosine(rows, labels, num_classes, centred=False):
+    """Mean cosine between distinct rows of the *same* class (class structure of a bank).
+
+    ``mean over ordered pairs (i, j), i != j, labels[i] == labels[j] of
+    <n_i, n_j>``, exactly and in ``O(M d)``: the sum is ``sum_c ||S_c||^2 -
+    sum_i ||n_i||^2`` over ``sum_c M_c^2 - M`` pairs (notation of
+    :func:`cross_class_cosine`). With ``centred=True`` each ``n_i`` is first
+    replaced by ``l2norm(n_i - mean_j n_j)``: what is left once the direction
+    all rows share is removed. Centred, it is near 0 for a bank with no class
+    structure (random rows, or every row collapsed onto one direction) and
+    clearly positive when the classes are still apart. NaN when no class has
+    two rows.
+
+    Args:
+        rows: ``[M, d]`` embeddings.
+        labels: ``[M]`` int labels in ``0 .. num_classes - 1``.
+        num_classes: C.
+        centred: subtract the mean unit row (and renormalise) first.
+
+    Returns:
+        A float32 scalar tensor.
+
+    Example:
+    >>> rows = tf.constant([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    >>> float(within_class_cosine(rows, tf.constant([0, 0, 1]), 2))  # the pair (0, 1)
+    0.6
+    """
+    class_sums, counts, self_sum = _class_sums(rows, labels, num_classes, centred)
+    within_sum = tf.reduce_sum(tf.square(class_sums)) - self_sum
+    within_pairs = tf.reduce_sum(tf.square(counts)) - tf.reduce_sum(counts)
+    return tf.cast(within_sum / within_pairs, tf.float32)

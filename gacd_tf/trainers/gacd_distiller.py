@@ -7,7 +7,8 @@ from gacd_tf.attacks import PGD, OptimalTransport
 from gacd_tf.data.negative_sampling import OtherClassSampler
 from gacd_tf.distribute import all_gather, local_rows
 from gacd_tf.errors import ConfigError
-from gacd_tf.losses import cross_class_cosine, initial_log_z, nce_logits, reweighted_nce_loss
+from gacd_tf.losses import (cross_class_cosine, initial_log_z, nce_logits, reweighted_nce_loss,
+                             within_class_cosine)
 from gacd_tf.models import feature_dim, features_and_logits
 from gacd_tf.settings import Setting
 from gacd_tf.trainers.common import per_example_ce, unpack_batch
@@ -50,8 +51,12 @@ class GACDDistiller(Distiller):
 
     Each epoch's logs get ``bank_cross_class_cosine``: the mean cosine
     between student-bank rows of different classes (:func:`gacd_tf.losses.
-    cross_class_cosine`) as the epoch leaves the bank, and, two-sided,
-    ``teacher_bank_cross_class_cosine`` (:meth:`epoch_end_logs`, added by the
+    cross_class_cosine`) as the epoch leaves the bank, with
+    ``bank_centred_within_class_cosine`` beside it (the class structure left
+    once the rows' common direction is removed: a high cross-class cosine
+    with a positive centred within-class one is an offset, not a collapse),
+    and, two-sided, the same two of the teacher bank
+    (``teacher_bank_...``; :meth:`epoch_end_logs`, added by the
     :class:`gacd_tf.trainers.EpochEndLogs` callback, which ``fit_resumable``
     and the programs use; pass it to a plain ``fit``).
     Batches must carry the per-sample index ``(image, label, index)``.
@@ -198,14 +203,23 @@ class GACDDistiller(Distiller):
 
         Mean cosine between rows of different classes
         (:func:`gacd_tf.losses.cross_class_cosine`) of the student bank and,
-        two-sided, ``teacher_bank_cross_class_cosine`` of the teacher bank.
+        two-sided, ``teacher_bank_cross_class_cosine`` of the teacher bank;
+        beside each, ``..._centred_within_class_cosine``
+        (:func:`gacd_tf.losses.within_class_cosine`, centred): the class
+        structure left once the direction all rows share is removed. A high
+        cross-class cosine with a clearly positive centred within-class one
+        is a common offset, not a collapse (README, GACD section).
         The banks are identical on every replica, hence so are these values.
         """
-        values = {"bank_cross_class_cosine": cross_class_cosine(
-            self.student_bank.bank, self.train_labels, self.num_classes)}
+        banks = {"bank": self.student_bank}
         if self.two_sided:
-            values["teacher_bank_cross_class_cosine"] = cross_class_cosine(
-                self.teacher_bank.bank, self.train_labels, self.num_classes)
+            banks["teacher_bank"] = self.teacher_bank
+        values = {}
+        for prefix, bank in banks.items():
+            values[f"{prefix}_cross_class_cosine"] = cross_class_cosine(
+                bank.bank, self.train_labels, self.num_classes)
+            values[f"{prefix}_centred_within_class_cosine"] = within_class_cosine(
+                bank.bank, self.train_labels, self.num_classes, centred=True)
         return values
 
     def train_step(self, data):
