@@ -58,7 +58,8 @@ def test_mean_std_is_the_sample_standard_deviation():
     assert reproduce.mean_std([]) == (None, None)
 
 
-def fake_run(model_dir, natural, pgd, seconds, autoattack=None, before=None, cosines=None):
+def fake_run(model_dir, natural, pgd, seconds, autoattack=None, before=None, cosines=None,
+             structure=None):
     model_dir.mkdir(parents=True)
     metrics = {"natural_accuracy": natural, "robust_accuracy": pgd, "num_examples": 100,
                "attack": {"attack": "pgd", "steps": 20, "eps": 8 / 255},
@@ -70,8 +71,13 @@ def fake_run(model_dir, natural, pgd, seconds, autoattack=None, before=None, cos
     if cosines is not None:
         metrics["bank_cross_class_cosine"] = cosines[-1]
         with open(model_dir / "distill_log.csv", "w") as f:
-            f.write("epoch,bank_cross_class_cosine,loss\n")
-            f.writelines(f"{e},{c},1.0\n" for e, c in enumerate(cosines))
+            if structure is None:
+                f.write("epoch,bank_cross_class_cosine,loss\n")
+                f.writelines(f"{e},{c},1.0\n" for e, c in enumerate(cosines))
+            else:
+                f.write("epoch,bank_centred_within_class_cosine,bank_cross_class_cosine,loss\n")
+                f.writelines(f"{e},{w},{c},1.0\n"
+                             for e, (c, w) in enumerate(zip(cosines, structure)))
     (model_dir / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -87,8 +93,10 @@ def test_aggregation_of_known_per_run_metrics(tmp_path):
     for seed, (nat, pgd, aa, cos) in gacd.items():
         before = {"natural_accuracy": nat + 0.1, "robust_accuracy": pgd - 0.2,
                   "num_examples": 100, "autoattack": {"robust_accuracy": aa - 0.2}}
+        # Seed 0 ran before the class-structure column existed; the others log it.
+        structure = None if seed == 0 else [0.5 + 0.1 * seed, 0.4]
         fake_run(out / "gacd_plus_aft" / f"seed{seed}", nat, pgd, {"distill": 20.0, "aft": 5.0},
-                 autoattack=aa, before=before, cosines=cos)
+                 autoattack=aa, before=before, cosines=cos, structure=structure)
 
     results = reproduce.aggregate(grid, str(out))
     rows = {r["method"]: r for r in results["rows"]}
@@ -119,6 +127,7 @@ def test_aggregation_of_known_per_run_metrics(tmp_path):
     check(rows["GACD"], [20.0, 20.0, 20.0], "train_seconds")
     assert rows["GACD+AFT"]["bank_cross_class_cosine_mean"] == pytest.approx(0.3)
     assert results["collapse"] == {"GACD+AFT": [pytest.approx(0.2), pytest.approx(0.3)]}
+    assert results["class_structure"] == {"GACD+AFT": [pytest.approx(0.65), pytest.approx(0.4)]}
 
     reproduce.write_results(results, str(out))
     with open(out / "results.csv") as f:
@@ -130,7 +139,7 @@ def test_aggregation_of_known_per_run_metrics(tmp_path):
     assert json.loads((out / "results.json").read_text())["rows"][1]["seeds"] == 2
     text = (out / "results.md").read_text()
     assert "| GACD+AFT | 3 | 0.6000 ± 0.0200 | 0.3300 ± 0.0300 | 0.2700 ± 0.0200 |" in text
-    assert "ddof=1" in text and "Collapse detector" in text
+    assert "ddof=1" in text and "Collapse detector" in text and "Class structure" in text
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -252,6 +261,8 @@ def test_smoke_grid_from_the_command_line_then_again_skipping_finished_runs(tmp_
     gacd = json.loads((out / "gacd_plus_aft" / "seed1" / "metrics.json").read_text())
     assert gacd["settings"]["nce_form"] == "two_sided" and gacd["teacher_unchanged"]
     assert -1 <= gacd["bank_cross_class_cosine"] <= 1
+    assert -1 <= gacd["bank_centred_within_class_cosine"] <= 1
+    assert "Class structure" in (out / "results.md").read_text()
     assert gacd["teacher"] == str(out / "teacher" / "model.keras")
     assert json.loads((out / "natural" / "seed1" / "flags.json").read_text())["seed"] == 1
     assert (out / "results.md").is_file() and (out / "results.png").is_file()

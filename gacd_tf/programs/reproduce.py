@@ -374,6 +374,14 @@ def _epoch_series(log_path, column):
     return [float(r[column]) for r in rows]
 
 
+def _mean_series(log_paths, column):
+    """Per-epoch mean over runs of ``column`` (as long as the shortest run), or None."""
+    series = [s for s in (_epoch_series(path, column) for path in log_paths) if s]
+    if not series:
+        return None
+    return [mean_std([s[e] for s in series])[0] for e in range(min(len(s) for s in series))]
+
+
 def _train_seconds(metrics, phases=None):
     seconds = metrics.get("train_seconds")
     if isinstance(seconds, dict):
@@ -391,10 +399,11 @@ def aggregate(grid, output_dir):
         ``_std`` (sample, ddof=1) and ``_values`` (per seed), plus
         ``bank_cross_class_cosine_mean`` for GACD rows), ``collapse``
         (method -> mean over seeds of the per-epoch bank_cross_class_cosine
-        of its distillation) and ``evaluation`` (the attack and test
+        of its distillation), ``class_structure`` (the same of
+        bank_centred_within_class_cosine, for runs that logged it) and ``evaluation`` (the attack and test
         examples of the first finished run).
     """
-    rows, collapse, evaluation = [], {}, None
+    rows, collapse, structure, evaluation = [], {}, {}, None
     ledger = _read_json(os.path.join(output_dir, LEDGER)) or {}
     for group in grid.groups:
         if group.teacher_flagfile or group.teacher_model:
@@ -425,17 +434,17 @@ def aggregate(grid, output_dir):
                     evaluation = _evaluation(metrics)
             rows.append(_row(row.label, group, found, _train_seconds))
             if row.flagfile is not None:
-                series = [_epoch_series(os.path.join(output_dir, seed_folder(group, row, s),
-                                                     "distill_log.csv"),
-                                        "bank_cross_class_cosine") for s, _ in found]
-                series = [s for s in series if s]
-                if series:
-                    name = (f"{group.name}: " if group.name else "") + row.label
-                    length = min(len(s) for s in series)
-                    collapse[name] = [mean_std([s[e] for s in series])[0] for e in range(length)]
+                name = (f"{group.name}: " if group.name else "") + row.label
+                logs = [os.path.join(output_dir, seed_folder(group, row, s), "distill_log.csv")
+                        for s, _ in found]
+                for table, column in ((collapse, "bank_cross_class_cosine"),
+                                      (structure, "bank_centred_within_class_cosine")):
+                    series = _mean_series(logs, column)
+                    if series:
+                        table[name] = series
     wall = math.fsum(ledger.values())
     return {"grid": grid.path, "seeds": grid.seeds, "rows": rows, "collapse": collapse,
-            "evaluation": evaluation, "wall_seconds": round(wall, 1),
+            "class_structure": structure, "evaluation": evaluation, "wall_seconds": round(wall, 1),
             "std": "sample standard deviation over seeds (ddof=1); empty for one seed"}
 
 
@@ -519,16 +528,24 @@ def markdown(results):
     lines += [markdown_table(table, columns, headers),
               f"Wall time of all runs: {results['wall_seconds'] / 3600:.2f} h "
               f"({results['wall_seconds']:.0f} s, training and evaluation).", ""]
-    if results["collapse"]:
-        epochs = max(len(v) for v in results["collapse"].values())
-        collapse = [{"method": name, **{f"e{e + 1}": v[e] if e < len(v) else None
-                                        for e in range(epochs)}}
-                    for name, v in results["collapse"].items()]
-        lines += ["## Collapse detector", "",
-                  "Mean cosine between student-bank rows of different classes at the end of "
-                  "each distillation epoch (bank_cross_class_cosine; mean over seeds). Near 1: "
-                  "the bank collapsed onto one direction.", "",
-                  markdown_table(collapse, ["method"] + [f"e{e + 1}" for e in range(epochs)],
+    tables = (
+        ("collapse", "Collapse detector", "Mean cosine between student-bank rows of different "
+         "classes at the end of each distillation epoch (bank_cross_class_cosine; mean over "
+         "seeds). Near 1: the rows share one direction: a collapse, or only a common offset "
+         "(read the next table)."),
+        ("class_structure", "Class structure of the bank", "Mean cosine between student-bank "
+         "rows of the same class once the rows' mean is removed "
+         "(bank_centred_within_class_cosine; mean over seeds). Near 0 with a cross-class "
+         "cosine near 1: collapsed; clearly positive: the classes are apart."))
+    for key, title, text in tables:
+        if not results.get(key):
+            continue
+        epochs = max(len(v) for v in results[key].values())
+        series = [{"method": name, **{f"e{e + 1}": v[e] if e < len(v) else None
+                                      for e in range(epochs)}}
+                  for name, v in results[key].items()]
+        lines += [f"## {title}", "", text, "",
+                  markdown_table(series, ["method"] + [f"e{e + 1}" for e in range(epochs)],
                                  ["method"] + [str(e + 1) for e in range(epochs)], digits=3)]
     return "\n".join(lines)
 
