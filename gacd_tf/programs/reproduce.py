@@ -400,8 +400,8 @@ def aggregate(grid, output_dir):
         ``bank_cross_class_cosine_mean`` for GACD rows), ``collapse``
         (method -> mean over seeds of the per-epoch bank_cross_class_cosine
         of its distillation), ``class_structure`` (the same of
-        bank_centred_within_class_cosine, for runs that logged it) and ``evaluation`` (the attack and test
-        examples of the first finished run).
+        bank_centred_within_class_cosine, for runs that logged it) and
+        ``evaluation`` (the attack and test examples of the first finished run).
     """
     rows, collapse, structure, evaluation = [], {}, {}, None
     ledger = _read_json(os.path.join(output_dir, LEDGER)) or {}
