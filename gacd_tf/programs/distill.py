@@ -15,8 +15,9 @@ figures under "autoattack"; GACD adds bank_cross_class_cosine, the collapse
 detector of its student bank after distillation, and
 bank_centred_within_class_cosine, the class structure left in it once its
 rows' mean is removed; two-sided, the same of the teacher bank),
-distill_log.csv / aft_log.csv and TensorBoard logs in logs/distill and logs/aft. --val_examples holds out class-balanced training
-examples (never the test split), validated after each epoch.
+distill_log.csv / aft_log.csv and TensorBoard logs in logs/distill and
+logs/aft. --val_examples holds out class-balanced training examples (never
+the test split), validated after each epoch.
 
 Example:
     gacd-distill --method=gacd --teacher=runs/quickstart/model.keras --arch=resnet8 \
