@@ -230,7 +230,7 @@ def reproduce_files():
     files.append(grid_file("cpu", [
         "CPU-scale grid: ResNet-20 PGD-AT teacher, ResNet-8 students on 10,000 CIFAR-10 images,",
         "three seeds, the same budget for every row (5 epochs, +1 of AFT; RSLAD and AdaAD as",
-        "published, without AFT). About 3 h on 2 cores; stop and start it again at will:",
+        "published, without AFT). About 2 h on 2 cores; stop and start it again at will:",
         "finished runs are skipped, killed ones resume."],
         [0, 1, 2], [("", f"{cpu}/teacher.cfg", [
             *with_controls("", [
