@@ -27,7 +27,7 @@ def np_cross_class_cosine(rows, labels, same=False, centred=False):
     minus their mean."""
     if centred:
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
-        unit_rows = np.where(norms > 0, rows / np.where(norms > 0, norms, 1), 0.0)
+        unit_rows = rows / np.where(norms > 0, norms, 1.0)  # a zero row stays zero
         rows = unit_rows - unit_rows.mean(axis=0)
     total, count = 0.0, 0
     for i in range(len(rows)):

@@ -70,14 +70,13 @@ def fake_run(model_dir, natural, pgd, seconds, autoattack=None, before=None, cos
         metrics["before_aft"] = before
     if cosines is not None:
         metrics["bank_cross_class_cosine"] = cosines[-1]
+        columns = {"bank_cross_class_cosine": cosines}
+        if structure is not None:
+            columns["bank_centred_within_class_cosine"] = structure
         with open(model_dir / "distill_log.csv", "w") as f:
-            if structure is None:
-                f.write("epoch,bank_cross_class_cosine,loss\n")
-                f.writelines(f"{e},{c},1.0\n" for e, c in enumerate(cosines))
-            else:
-                f.write("epoch,bank_centred_within_class_cosine,bank_cross_class_cosine,loss\n")
-                f.writelines(f"{e},{w},{c},1.0\n"
-                             for e, (c, w) in enumerate(zip(cosines, structure)))
+            f.write("epoch," + ",".join(columns) + ",loss\n")
+            f.writelines(f"{e}," + ",".join(str(v[e]) for v in columns.values()) + ",1.0\n"
+                         for e in range(len(cosines)))
     (model_dir / "metrics.json").write_text(json.dumps(metrics))
 
 
