@@ -61,7 +61,7 @@ def _build(method):
     return trainer
 
 
-def run(method, directory, kill_at=None, every=2, strategy=None):
+def run(method, directory, kill_at=None, every=2, strategy=None, callbacks=()):
     trainer = build(method, strategy)
     train = split()
     ckpt = TrainingCheckpoint(str(directory), STEPS, every_steps=every)
@@ -70,7 +70,7 @@ def run(method, directory, kill_at=None, every=2, strategy=None):
         return data.make_dataset(train, BATCH, training=True, seed=7, epochs=EPOCHS,
                                  start_epoch=epoch, start_step=step)
 
-    callbacks = [KillAtStep(kill_at)] if kill_at else []
+    callbacks = list(callbacks) + ([KillAtStep(kill_at)] if kill_at else [])
     info = fit_resumable(trainer, dataset_fn, EPOCHS, STEPS, ckpt, callbacks=callbacks,
                          verbose=0)
     return trainer, info
@@ -83,7 +83,7 @@ def state_of(trainer):
 @pytest.mark.parametrize("method", ["adversarial", "gacd"])
 def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, method):
     reference, info = run(method, tmp_path / "reference")
-    assert info == {"resumed_from": None, "completed_before": False}
+    assert (info["resumed_from"], info["completed_before"]) == (None, False)
     want = state_of(reference)
     keras.backend.clear_session()
 
@@ -144,6 +144,38 @@ def test_resume_restores_optimizer_slots_bank_and_random_generators(tmp_path):
     # The sampler and the training attack have advanced past their initial state.
     assert state["seed_generators"]["sampler.seed_generator"] != \
         np.asarray(initial.sampler.seed_generator.state.numpy()).tolist()
+
+
+class FakeClock(keras.callbacks.Callback):
+    """``time.monotonic`` for the checkpoint: 10 s pass during every training step."""
+
+    def __init__(self):
+        super().__init__()
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.now += 10.0
+
+
+def test_training_seconds_add_up_over_a_kill_up_to_its_last_checkpoint(tmp_path, monkeypatch):
+    from gacd_tf.trainers import training_checkpoint
+
+    clock = FakeClock()
+    monkeypatch.setattr(training_checkpoint, "time", clock)
+    _, info = run("adversarial", tmp_path / "reference", callbacks=[clock])
+    assert info["train_seconds"] == 10.0 * EPOCHS * STEPS  # 60 s, 6 steps
+    with pytest.raises(Interrupt):  # killed after step 5; the last checkpoint is step 4
+        run("adversarial", tmp_path / "resumed", kill_at=5, callbacks=[clock])
+    state = json.loads((tmp_path / "resumed" / "state.json").read_text())
+    assert (state["global_step"], state["train_seconds"]) == (4, 40.0)
+    clock.now += 1e6  # time between the kill and the restart is not training
+    _, info = run("adversarial", tmp_path / "resumed", callbacks=[clock])
+    assert info["train_seconds"] == 60.0  # step 5 lost to the kill is counted once, redone
+    _, info = run("adversarial", tmp_path / "resumed", callbacks=[clock])
+    assert info["completed_before"] and info["train_seconds"] == 60.0
 
 
 def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):

@@ -263,7 +263,7 @@ def fit_phase(trainer, data, model_dir, phase, epochs, last_path=None, best_path
     its own offset, so it does not replay the first phase's batches).
 
     Returns:
-        fit_resumable's dict (``resumed_from``, ``completed_before``).
+        fit_resumable's dict (``resumed_from``, ``completed_before``, ``train_seconds``).
     """
     from gacd_tf.programs.devices import chief_dir, is_chief, is_multi_worker
 

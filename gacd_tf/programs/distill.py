@@ -29,7 +29,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import json  # noqa: E402
-import time  # noqa: E402
 
 from absl import flags, logging  # noqa: E402
 
@@ -114,10 +113,8 @@ def main(argv):
                                                            data.train.labels)
         trainer.compile(optimizer=common.optimizer_from_flags(steps_per_epoch))
     model_path = os.path.join(model_dir, "model.keras")
-    start = time.time()
-    resumed = {"distill": common.fit_phase(trainer, data, model_dir, "distill", FLAGS.epochs,
-                                           model_path)["resumed_from"]}
-    seconds = {"distill": round(time.time() - start, 1)}
+    phase = common.fit_phase(trainer, data, model_dir, "distill", FLAGS.epochs, model_path)
+    resumed, seconds = {"distill": phase["resumed_from"]}, {"distill": phase["train_seconds"]}
     teacher_unchanged = teacher is None or weights_digest(teacher) == teacher_digest
     if not teacher_unchanged:  # a bug (or a --teacher file replaced before resuming)
         raise RuntimeError("the teacher's weights changed during distillation; if this run "
@@ -151,10 +148,9 @@ def main(argv):
             aft.compile(optimizer=common.optimizer_from_flags(
                 steps_per_epoch, epochs=FLAGS.aft_epochs,
                 learning_rate=FLAGS.aft_learning_rate, lr_schedule="constant"))
-        start = time.time()
-        resumed["aft"] = common.fit_phase(aft, data, model_dir, "aft", FLAGS.aft_epochs,
-                                          model_path, seed_offset=1)["resumed_from"]
-        seconds["aft"] = round(time.time() - start, 1)
+        phase = common.fit_phase(aft, data, model_dir, "aft", FLAGS.aft_epochs, model_path,
+                                 seed_offset=1)
+        resumed["aft"], seconds["aft"] = phase["resumed_from"], phase["train_seconds"]
 
     logging.info("evaluating %s on %d test examples", model_path, len(data.test.labels))
     # A fresh attack (same seed) per evaluation: a run resumed after the

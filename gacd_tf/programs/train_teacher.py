@@ -16,7 +16,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import time  # noqa: E402
 
 from absl import flags, logging  # noqa: E402
 
@@ -69,16 +68,14 @@ def main(argv):
         trainer.compile(optimizer=common.optimizer_from_flags(data.steps_per_epoch))
 
     model_path = os.path.join(model_dir, "model.keras")
-    start = time.time()
     resume = common.fit_phase(trainer, data, model_dir, "train", FLAGS.epochs, model_path,
                               os.path.join(model_dir, "best.keras") if data.val_ds else None)
-    train_seconds = time.time() - start
 
     logging.info("evaluating %s on %d test examples", model_path, len(data.test.labels))
     result = evaluate_robustness(model, data.test_ds, attack_flags.eval_attack_from_flags(),
                                  verbose=FLAGS.verbose)
     result.update(dataset=data.info.name, split="test", arch=FLAGS.arch, model="model.keras",
-                  train_seconds=round(train_seconds, 1), resumed_from=resume["resumed_from"],
+                  train_seconds=resume["train_seconds"], resumed_from=resume["resumed_from"],
                   train_attack=attack.get_config(), trades_beta=FLAGS.trades_beta)
     autoattack = attack_flags.final_autoattack(
         model, data.info.name, FLAGS.data_dir, FLAGS.batch_size,

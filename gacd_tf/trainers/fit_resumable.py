@@ -69,8 +69,11 @@ def fit_resumable(trainer, dataset_fn, epochs, steps_per_epoch, checkpoint, call
 
     Returns:
         dict with ``resumed_from`` (``{"epoch", "step_in_epoch",
-        "global_step"}`` or None) and ``completed_before`` (True when the run
-        had already finished).
+        "global_step"}`` or None), ``completed_before`` (True when the run
+        had already finished) and ``train_seconds`` (the training wall time
+        summed over every invocation; an earlier invocation counts up to its
+        last checkpoint, so work a kill threw away is counted once, when
+        redone).
 
     Raises:
         TrainingError: a NaN/Inf loss (naming the step and the last good
@@ -119,9 +122,11 @@ def resume_and_fit(trainer, dataset_fn, epochs, steps_per_epoch, checkpoint, fit
         if state["completed"] or epoch >= epochs:
             info["completed_before"] = bool(state["completed"])
             _finish(checkpoint, epochs)
+            info["train_seconds"] = round(checkpoint.train_seconds(), 1)
             return info
     # End-of-epoch measurements first, so the checkpoint and the loggers see them.
     all_callbacks = [EpochEndLogs(), checkpoint] + callbacks
+    checkpoint.start_clock()
     if step:
         # The rest of the interrupted epoch, then the remaining epochs.
         fit(trainer, dataset_fn(epoch, step), epoch, epoch + 1, steps_per_epoch - step,
@@ -133,6 +138,7 @@ def resume_and_fit(trainer, dataset_fn, epochs, steps_per_epoch, checkpoint, fit
             validation_data, verbose)
         _raise_on_failure(checkpoint)
     _finish(checkpoint, epochs)
+    info["train_seconds"] = round(checkpoint.train_seconds(), 1)
     return info
 
 

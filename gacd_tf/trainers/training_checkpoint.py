@@ -4,6 +4,7 @@ import glob
 import json
 import math
 import os
+import time
 
 import keras
 import numpy as np
@@ -86,7 +87,10 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     heads, GACD memory banks and Z, the optimizer's slots and iteration
     count, hence the learning-rate schedule position) plus ``state.json``:
     epoch and step reached, the state of every random generator the trainer
-    draws from (attack starts, negative sampling), the best monitored value.
+    draws from (attack starts, negative sampling), the best monitored value,
+    and the training wall time up to this checkpoint, summed over every
+    invocation that trained the run (``train_seconds``; time lost to a kill
+    after the last checkpoint is not in it).
     The weights go to a new file ``ckpt-<step>.weights.h5`` (written to a
     temporary name, then renamed); ``state.json``, rewritten atomically after
     it, is the commit point; older weight files are deleted only then. A
@@ -135,6 +139,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.failure = None
         self._epoch = 0
         self._saved_step = None
+        self._seconds_before = 0.0  # committed by the invocations before this one
+        self._clock = None
         os.makedirs(directory, exist_ok=True)
         for leftover in glob.glob(os.path.join(directory, ".tmp-*")):  # from a killed write
             os.remove(leftover)
@@ -148,10 +154,20 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         return read_state(self.directory)
 
     def restore_from(self, state):
-        """Takes the best-so-far bookkeeping from a loaded ``state``."""
+        """Takes the best-so-far bookkeeping and training time from a loaded ``state``."""
         if state.get("best") is not None:
             self.best, self.best_epoch = state["best"], state.get("best_epoch")
         self._saved_step = state["global_step"]
+        self._seconds_before = float(state.get("train_seconds") or 0.0)
+
+    def start_clock(self):
+        """Starts timing this invocation's training (``fit_resumable`` calls it)."""
+        self._clock = time.monotonic()
+
+    def train_seconds(self):
+        """Training wall time so far: the restored checkpoint's plus this invocation's."""
+        now = 0.0 if self._clock is None else time.monotonic() - self._clock
+        return self._seconds_before + now
 
     def save(self, epoch, step_in_epoch, completed=False, checked=False):
         """Commits one checkpoint at ``(epoch, step_in_epoch)`` steps done.
@@ -173,7 +189,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
             "steps_per_epoch": self.steps_per_epoch, "weights": name, "completed": completed,
             "best": None if math.isinf(self.best) else self.best, "best_epoch": self.best_epoch,
-            "monitor": self.monitor,
+            "monitor": self.monitor, "train_seconds": round(self.train_seconds(), 1),
             "seed_generators": {path_: np.asarray(g.state.numpy()).tolist()
                                 for path_, g in find_seed_generators(self.model).items()},
         })  # the commit point: older weight files may go now
