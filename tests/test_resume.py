@@ -167,13 +167,15 @@ def test_training_seconds_add_up_over_a_kill_up_to_its_last_checkpoint(tmp_path,
     monkeypatch.setattr(training_checkpoint, "time", clock)
     _, info = run("adversarial", tmp_path / "reference", callbacks=[clock])
     assert info["train_seconds"] == 10.0 * EPOCHS * STEPS  # 60 s, 6 steps
-    with pytest.raises(Interrupt):  # killed after step 5; the last checkpoint is step 4
-        run("adversarial", tmp_path / "resumed", kill_at=5, callbacks=[clock])
+    # Killed after step 3; the last checkpoint is step 2, so the resumed run
+    # fits twice (the rest of epoch 1, then epoch 2) on one clock.
+    with pytest.raises(Interrupt):
+        run("adversarial", tmp_path / "resumed", kill_at=3, callbacks=[clock])
     state = json.loads((tmp_path / "resumed" / "state.json").read_text())
-    assert (state["global_step"], state["train_seconds"]) == (4, 40.0)
+    assert (state["global_step"], state["train_seconds"]) == (2, 20.0)
     clock.now += 1e6  # time between the kill and the restart is not training
     _, info = run("adversarial", tmp_path / "resumed", callbacks=[clock])
-    assert info["train_seconds"] == 60.0  # step 5 lost to the kill is counted once, redone
+    assert info["train_seconds"] == 60.0  # step 3 lost to the kill is counted once, redone
     _, info = run("adversarial", tmp_path / "resumed", callbacks=[clock])
     assert info["completed_before"] and info["train_seconds"] == 60.0
 

@@ -88,7 +88,8 @@ def fit_multi_worker_resumable(trainer, dataset_fn, epochs, steps_per_epoch, che
         verbose: 1 prints each epoch's logs (on the chief only).
 
     Returns:
-        fit_resumable's dict (``resumed_from``, ``completed_before``).
+        fit_resumable's dict (``resumed_from``, ``completed_before``,
+        ``train_seconds``).
 
     Example:
     >>> ckpt = TrainingCheckpoint(ckpt_dir if chief else tempfile.mkdtemp(),

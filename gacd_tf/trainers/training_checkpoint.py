@@ -161,7 +161,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self._seconds_before = float(state.get("train_seconds") or 0.0)
 
     def start_clock(self):
-        """Starts timing this invocation's training (``fit_resumable`` calls it)."""
+        """Starts timing this invocation's training (``fit_resumable`` calls it
+        once before its ``fit`` calls; otherwise the first ``fit`` does)."""
         self._clock = time.monotonic()
 
     def train_seconds(self):
@@ -205,6 +206,10 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.model.stop_training = True
 
     # -- callback hooks ----------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        if self._clock is None:  # a plain callback of fit: time from here
+            self.start_clock()
+
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
