@@ -10,7 +10,8 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "gacd_tf" / "__init__.py
 
 # gacd-analyze: pictures (Agg, headless) and t-SNE.
 ANALYSIS = ["matplotlib>=3.8", "scikit-learn>=1.4"]
-TEST = ["pytest>=8", "POT>=0.9.4"] + ANALYSIS
+# pytest-xdist: the tests run on every core (pytest.ini), one test file per worker.
+TEST = ["pytest>=8", "pytest-xdist>=3.5", "POT>=0.9.4"] + ANALYSIS
 
 setup(
     name="gacd_tf",
