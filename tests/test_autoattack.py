@@ -306,7 +306,7 @@ def interrupt_at(aa, attack_name, call):
 
 
 @pytest.mark.parametrize("where", [("apgd-ce", 3), ("square", 2)])
-def test_an_interrupted_run_resumes_to_the_uninterrupted_result(where, tmp_path):
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(where, tmp_path, capsys):
     model = tiny_cnn(seed=5)
     x, _ = data(n=32, seed=6)
     y = model_labels(model, x, flip=[0, 1])
@@ -327,8 +327,15 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(where, tmp_path)
         ensemble(seed=4).run(model, x, y, batch_size=6, progress_file=progress)
     with pytest.raises(ConfigError, match="belongs to another evaluation"):  # another model
         ensemble().run(tiny_cnn(seed=7), x, y, batch_size=6, progress_file=progress)
-    got = ensemble().run(model, x, y, batch_size=6, progress_file=progress)
+    capsys.readouterr()
+    got = ensemble().run(model, x, y, batch_size=6, progress_file=progress, verbose=1)
     assert got["robust_accuracy_by_attack"] == want["robust_accuracy_by_attack"]
+    # The resumed attack's bar counts only the batches left (its ETA is this run's).
+    out = capsys.readouterr().out
+    assert "resumed from" in out
+    if where[0] == "apgd-ce":  # saved after batch 2 of the clean-correct points
+        left = -(-int(want["clean_correct"].sum()) // 6) - 2
+        assert f"{left}/{left}" in out and f"{left + 2}/{left + 2}" not in out
     assert 0 < want["robust_accuracy"] < want["natural_accuracy"]
     for key in ("robust", "clean_correct", "x_adv", "predictions"):
         np.testing.assert_array_equal(got[key], want[key])

@@ -343,7 +343,10 @@ class AutoAttack:
             outside = saved["outside"] if resuming else 0
             attack_earlier = saved["seconds_by_attack"].get(name, 0.0) if resuming else 0.0
             batches = range(0, len(rows), batch_size)
-            progbar = keras.utils.Progbar(len(batches), verbose=1 if verbose == 1 else 0,
+            # The bar counts this run's batches, so a resumed run's time per step and
+            # ETA are its own (Progbar times from its creation).
+            progbar = keras.utils.Progbar(len(batches) - first,
+                                          verbose=1 if verbose == 1 else 0,
                                           stateful_metrics=["robust_acc"])
             fn = self._attack_fn(name, attack, model, x.shape[1:]) if len(rows) else None
             for step, b in enumerate(batches):
@@ -358,7 +361,7 @@ class AutoAttack:
                 robust[sub[broken]] = False
                 x_adv[sub[broken]] = adv[broken]
                 predictions[sub[broken]] = pred[broken]
-                progbar.update(step + 1, [("robust_acc", float(robust.mean()))])
+                progbar.update(step + 1 - first, [("robust_acc", float(robust.mean()))])
                 if progress_file and step + 1 < len(batches) and \
                         time.time() - last_save >= progress_every:
                     save_progress(name, rows, step + 1, outside,
