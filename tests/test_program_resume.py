@@ -116,30 +116,37 @@ def teacher_args(data_dir, model_dir, *extra):
             "--val_examples=0", "--test_examples=16", "--verbose=0", *extra]
 
 
-def test_two_deterministic_runs_give_identical_weights(tiny_data, tmp_path):
+@pytest.fixture(scope="module")
+def deterministic_teachers(tiny_data, tmp_path_factory):
+    """Two complete --deterministic teacher runs with the same flags (model dirs a, b)."""
+    root = tmp_path_factory.mktemp("deterministic")
     for name in ("a", "b"):
-        result = run_program("train_teacher", *teacher_args(tiny_data, tmp_path / name,
+        result = run_program("train_teacher", *teacher_args(tiny_data, root / name,
                                                              "--deterministic"))
         assert result.returncode == 0, result.stderr[-3000:]
-    pairs = list(zip(weights(tmp_path / "a" / "model.keras"),
-                     weights(tmp_path / "b" / "model.keras")))
-    assert pairs and all(np.array_equal(a, b) for a, b in pairs)
+    return root / "a", root / "b"
+
+
+def test_two_deterministic_runs_give_identical_weights(deterministic_teachers):
+    a, b = deterministic_teachers
+    pairs = list(zip(weights(a / "model.keras"), weights(b / "model.keras")))
+    assert pairs and all(np.array_equal(x, y) for x, y in pairs)
     # ... and the training moved them (the comparison can fail).
     fresh = build_model("resnet8", num_classes=10).get_weights()
-    assert any(a.shape == f.shape and not np.allclose(a, f) for (a, _), f in zip(pairs, fresh))
+    assert any(x.shape == f.shape and not np.allclose(x, f) for (x, _), f in zip(pairs, fresh))
 
 
-def test_resuming_with_other_flags_is_refused(tiny_data, tmp_path):
-    result = run_program("train_teacher", *teacher_args(tiny_data, tmp_path))
-    assert result.returncode == 0, result.stderr[-3000:]
-    result = run_program("train_teacher", *teacher_args(tiny_data, tmp_path, "--seed=3"))
+def test_resuming_with_other_flags_is_refused(tiny_data, deterministic_teachers):
+    run = deterministic_teachers[1]  # its weights stay as they are (compared above)
+    result = run_program("train_teacher", *teacher_args(tiny_data, run, "--deterministic",
+                                                         "--seed=3"))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: --model_dir={tmp_path} holds checkpoints of a run with other flags (--seed=0 "
+        f"error: --model_dir={run} holds checkpoints of a run with other flags (--seed=0 "
         "there, 3 now); start it again with the same flags to resume it, or choose a new "
         "--model_dir")
     # The same flags again: already complete, nothing trained, metrics rewritten.
-    result = run_program("train_teacher", *teacher_args(tiny_data, tmp_path))
+    result = run_program("train_teacher", *teacher_args(tiny_data, run, "--deterministic"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "complete (metrics.json); nothing to do" in result.stdout
 
