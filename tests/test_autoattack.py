@@ -305,7 +305,8 @@ def interrupt_at(aa, attack_name, call):
     aa._attack_fn = attack_fn
 
 
-@pytest.mark.parametrize("where", [("apgd-ce", 3), ("square", 2)])
+# Killed inside APGD-CE, inside Square, and between the two (before Square's first batch).
+@pytest.mark.parametrize("where", [("apgd-ce", 3), ("square", 2), ("square", 1)])
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(where, tmp_path, capsys):
     model = tiny_cnn(seed=5)
     x, _ = data(n=32, seed=6)
@@ -332,10 +333,14 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(where, tmp_path,
     assert got["robust_accuracy_by_attack"] == want["robust_accuracy_by_attack"]
     # The resumed attack's bar counts only the batches left (its ETA is this run's).
     out = capsys.readouterr().out
-    assert "resumed from" in out
+    batches = -(-int(want["clean_correct"].sum()) // 6)
     if where[0] == "apgd-ce":  # saved after batch 2 of the clean-correct points
-        left = -(-int(want["clean_correct"].sum()) // 6) - 2
-        assert f"{left}/{left}" in out and f"{left + 2}/{left + 2}" not in out
+        assert f"resumed from {progress} in apgd-ce at batch 3 of {batches} (" in out
+        assert f"{batches - 2}/{batches - 2}" in out and f"{batches}/{batches}" not in out
+    elif where[1] == 2:  # saved after Square's first batch
+        assert f"resumed from {progress} in square at batch 2 of " in out
+    else:
+        assert f"resumed from {progress} after apgd-ce, which had finished (" in out
     assert 0 < want["robust_accuracy"] < want["natural_accuracy"]
     for key in ("robust", "clean_correct", "x_adv", "predictions"):
         np.testing.assert_array_equal(got[key], want[key])

@@ -318,9 +318,12 @@ class AutoAttack:
             for name, state in saved["generators"].items():
                 current = generators[name].state
                 current.assign(np.asarray(state, dtype=current.numpy().dtype))
-            _say(f"resumed from {progress_file}: {saved['attack_name']}, batch "
-                 f"{saved['next_batch']} of its {len(saved['rows'])} points "
-                 f"(natural accuracy: {100 * natural:.2f} %, {n} examples)", verbose)
+            at = saved["attack_name"]
+            where = (f"after {at}, which had finished" if at in by_attack else
+                     f"in {at} at batch {saved['next_batch'] + 1} of "
+                     f"{-(-len(saved['rows']) // batch_size)}")
+            _say(f"resumed from {progress_file} {where} (natural accuracy: "
+                 f"{100 * natural:.2f} %, {n} examples)", verbose)
         last_save = time.time()
 
         def save_progress(name, rows, next_batch, outside, seconds_so_far):
