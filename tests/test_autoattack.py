@@ -331,11 +331,11 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(where, tmp_path,
     capsys.readouterr()
     got = ensemble().run(model, x, y, batch_size=6, progress_file=progress, verbose=1)
     assert got["robust_accuracy_by_attack"] == want["robust_accuracy_by_attack"]
-    # The resumed attack's bar counts only the batches left (its ETA is this run's).
     out = capsys.readouterr().out
     batches = -(-int(want["clean_correct"].sum()) // 6)
     if where[0] == "apgd-ce":  # saved after batch 2 of the clean-correct points
         assert f"resumed from {progress} in apgd-ce at batch 3 of {batches} (" in out
+        # The resumed attack's bar counts only the batches left (its ETA is this run's).
         assert f"{batches - 2}/{batches - 2}" in out and f"{batches}/{batches}" not in out
     elif where[1] == 2:  # saved after Square's first batch
         assert f"resumed from {progress} in square at batch 2 of " in out
