@@ -41,7 +41,7 @@ setup(
         # export/grpc_client.py. tensorflow-serving-api 2.21 declares a dependency on
         # `tensorflow`, which would be installed over tensorflow-cpu, so it is not
         # listed here: add it with `pip install --no-deps "tensorflow-serving-api==2.21.*"`
-        # (README "Serving"); with the gpu extra a plain install works.
+        # (docs/serving.md); with the gpu extra a plain install works.
         "serving": ["grpcio>=1.60"],
         "dev": TEST + ["ruff"],
     },

@@ -31,7 +31,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from gacd_tf.distribute import make_strategy
+    from gacd_tf.training.distribute import make_strategy
 
     mirrored = make_strategy("mirrored", FLAGS.cpu_devices)  # before any TF op
     import keras
@@ -39,7 +39,7 @@ def main(argv):
 
     from gacd_tf.attacks import PGD
     from gacd_tf.models import build_model
-    from gacd_tf.trainers import AdversarialTrainer, GACDDistiller
+    from gacd_tf.methods import AdversarialTrainer, GACDDistiller
 
     logging.set_verbosity(logging.ERROR)
     rng = np.random.default_rng(0)

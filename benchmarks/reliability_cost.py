@@ -37,9 +37,10 @@ flags.DEFINE_bool("child_deterministic", None, "Internal: time the steps in this
 
 
 def build(kind):
-    from gacd_tf.attacks import PGD, OptimalTransport
+    from gacd_tf.attacks import PGD
+    from gacd_tf.methods.gacd import OptimalTransport
     from gacd_tf.models import build_model
-    from gacd_tf.trainers import AdversarialTrainer, GACDDistiller
+    from gacd_tf.methods import AdversarialTrainer, GACDDistiller
 
     shape = (FLAGS.image_size, FLAGS.image_size, 3)
 
@@ -87,9 +88,9 @@ def step_times(deterministic):
 def checkpoint_costs(step_seconds):
     import keras
 
-    from gacd_tf.trainers import TrainingCheckpoint
-    from gacd_tf.trainers.fit_resumable import _restore
-    from gacd_tf.trainers.training_checkpoint import read_state
+    from gacd_tf.training import TrainingCheckpoint
+    from gacd_tf.training.fit_resumable import _restore
+    from gacd_tf.training.training_checkpoint import read_state
 
     trainer = build("gacd")
     trainer.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))

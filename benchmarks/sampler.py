@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from gacd_tf.data.negative_sampling import OtherClassSampler  # noqa: E402
+from gacd_tf.methods.gacd.negative_sampling import OtherClassSampler  # noqa: E402
 
 flags.DEFINE_list("num_classes", ["10", "100", "1000"], "Values of C.")
 flags.DEFINE_list("num_data", ["50000", "1280000"], "Values of M.")

@@ -105,9 +105,10 @@ def main(argv):
 
     logging.set_verbosity(logging.ERROR)  # each trainer traces its own step: no retrace warnings
 
-    from gacd_tf.attacks import PGD, OptimalTransport
+    from gacd_tf.attacks import PGD
+    from gacd_tf.methods.gacd import OptimalTransport
     from gacd_tf.models import build_model, features_and_logits
-    from gacd_tf.trainers import AdversarialTrainer, ARDDistiller, GACDDistiller, KDDistiller
+    from gacd_tf.methods import AdversarialTrainer, ARDDistiller, GACDDistiller, KDDistiller
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -174,9 +175,10 @@ def compare(batch, student, rng):
     import keras
     import tensorflow as tf
 
-    from gacd_tf.attacks import PGD, OptimalTransport
+    from gacd_tf.attacks import PGD
+    from gacd_tf.methods.gacd import OptimalTransport
     from gacd_tf.models import build_model
-    from gacd_tf.trainers import ARDDistiller, GACDDistiller
+    from gacd_tf.methods import ARDDistiller, GACDDistiller
 
     x, y, idx = batch
     b, k = FLAGS.batch_size, FLAGS.attack_steps

@@ -6,7 +6,21 @@ message must name the input (file, flag, model) and say what to do.
 
 
 class GacdError(Exception):
-    """Base class of every user-facing error in gacd_tf."""
+    """Base class of every user-facing error in gacd_tf.
+
+    Messages name library arguments, never command-line flags. An error about
+    one argument says so with :meth:`on` and writes it as ``ARGUMENT=VALUE`` in
+    its message; a program, which knows the flag behind each argument, then
+    names the flag instead (``examples=11 is out of range`` becomes
+    ``--test_examples=11 is out of range``).
+    """
+
+    argument = None
+
+    def on(self, argument):
+        """This error, marked as being about library argument ``argument``."""
+        self.argument = argument
+        return self
 
 
 class DataError(GacdError, ValueError):
@@ -23,3 +37,16 @@ class ConfigError(GacdError, ValueError):
 
 class TrainingError(GacdError, RuntimeError):
     """Training cannot go on: a numerical fault, or a checkpoint that does not fit."""
+
+
+class ArgumentError(ConfigError):
+    """A library argument with a bad value; ``argument`` says which one.
+
+    The message names the argument (``"decay_epochs=9,3: must increase"``);
+    a program, which knows the flag behind each argument, re-words it
+    (``--lr_decay_epochs=9,3: must increase``).
+    """
+
+    def __init__(self, argument, value, problem):
+        super().__init__(f"{argument}={value}: {problem}")
+        self.argument, self.value, self.problem = argument, value, problem

@@ -1,13 +1,13 @@
 """Declared settings: how a method (or any configurable part) states its knobs.
 
-A :class:`Setting` names one knob once: its key (also the program's flag name
-and the key recorded in ``metrics.json``), the constructor argument it feeds,
-its default, help and valid range. Programs build their flags from these
+A :class:`Setting` names one knob once: its name is the method's constructor
+argument, the key of :func:`gacd_tf.methods.build`, the program's flag and the
+key recorded in ``metrics.json``; with it come its default, help and valid
+range. Programs build their flags from these
 declarations, so a new method brings its flags with it.
 
 Example:
->>> ALPHA = Setting("kd_alpha", 0.9, "KD: weight a of the KL term.", arg="alpha",
-...                 lower=0.0, upper=1.0)
+>>> ALPHA = Setting("kd_alpha", 0.9, "KD: weight a of the KL term.", lower=0.0, upper=1.0)
 >>> ALPHA.check(0.5)
 0.5
 """
@@ -15,21 +15,21 @@ Example:
 import dataclasses
 import math
 
-from gacd_tf.errors import ConfigError
+from gacd_tf.errors import ArgumentError
 
 KINDS = ("float", "int", "bool", "enum", "str")
 
 
-class SettingError(ConfigError):
+class SettingError(ArgumentError):
     """A value outside a :class:`Setting`'s range; ``setting`` says which one.
 
-    The message names the library argument; programs, which know the flag
-    behind each setting (:attr:`Setting.name`), re-word it.
+    The message names the setting (the constructor argument); programs, whose
+    flag has the same name, re-word it as a flag.
     """
 
     def __init__(self, setting, value, problem):
-        self.setting, self.value, self.problem = setting, value, problem
-        super().__init__(f"{setting.arg or setting.name}={value!r}: {problem}")
+        self.setting = setting
+        super().__init__(setting.name, value, problem)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,12 +37,13 @@ class Setting:
     """One declared knob.
 
     Args:
-        name: the key: the program flag ``--NAME`` and the ``metrics.json``
-            settings key (e.g. ``"kd_alpha"``).
+        name: the one name of the knob: the constructor argument, the key of
+            ``gacd_tf.methods.build``, the program flag ``--NAME`` and the
+            ``metrics.json`` settings key (e.g. ``"kd_alpha"``).
         default: the default value (``None`` for "derived from another setting").
         help: one line for ``--helpfull``.
-        arg: the constructor argument it sets (``None``: used by the class's
-            own hooks, e.g. to build its attack).
+        constructor: the class's constructor takes an argument ``NAME``
+            (``False``: the class's own hooks use it, e.g. to build its attack).
         kind: "float", "int", "bool", "enum" or "str".
         lower, upper: inclusive bounds for numbers.
         positive: numbers must be > 0.
@@ -54,7 +55,7 @@ class Setting:
     name: str
     default: object
     help: str
-    arg: str = None
+    constructor: bool = True
     kind: str = "float"
     lower: float = None
     upper: float = None

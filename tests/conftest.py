@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-from gacd_tf.distribute import configure_cpu_devices  # noqa: E402
+from gacd_tf.training.distribute import configure_cpu_devices  # noqa: E402
 
 # Two logical CPU devices for the whole session, before TensorFlow starts, so
 # the MirroredStrategy parity tests run here; single-device tests use CPU:0.

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from gacd_tf.attacks import PGD
-from gacd_tf.trainers import AdversarialTrainer
-from gacd_tf.trainers import TrainingCheckpoint
+from gacd_tf.methods import AdversarialTrainer
+from gacd_tf.training import TrainingCheckpoint
 
 
 def tiny_model(seed=0):

@@ -91,7 +91,7 @@ def test_linear_probe_learns_a_separable_task_and_leaves_the_backbone_unchanged(
 
 
 def test_linear_probe_resizes_other_image_sizes_and_attacks_the_target_pixels():
-    from gacd_tf.trainers import LinearProbe
+    from gacd_tf.analysis.linear_probe import LinearProbe
 
     probe = LinearProbe(tiny(0, batch_norm=False), num_classes=5, input_shape=(16, 16, 3))
     x = np.random.default_rng(0).uniform(0, 1, (4, 16, 16, 3)).astype("float32")

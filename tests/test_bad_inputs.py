@@ -132,6 +132,18 @@ CATALOGUE = [
      ["Unknown command line flag 'epz'. Did you mean: eps ?"]),
     ("missing_required_flag", "distill", ["--teacher="],
      ["flag --teacher=None: Flag --teacher must have a value other than None"]),
+    # --- library errors about an argument, re-worded by the program in its flag's name
+    ("lr_decay_epochs_not_a_number", "train_teacher", ["--lr_decay_epochs=50%,x"],
+     ["error: --lr_decay_epochs=50%,x: entry 'x' is not a number or N%"]),
+    ("lr_decay_epochs_decreasing", "train_teacher", ["--lr_decay_epochs=75%,50%"],
+     ["error: --lr_decay_epochs=75%,50%: must increase"]),
+    ("missing_data_folder", "evaluate", ["--data_dir={root}/nowhere"],
+     ["CIFAR-10 data folder {root}/nowhere does not exist; pass --data_dir=DIR naming the "
+      "folder"]),
+    ("val_examples_too_many", "train_teacher", ["--val_examples=20"],
+     ["error: --val_examples=20 leaves no training examples: the train split holds 20"]),
+    ("test_examples_too_many", "evaluate", ["--test_examples=11"],
+     ["error: --test_examples=11 is out of range: the test split holds 10 examples"]),
     # --- teacher / model / dataset mismatch
     ("teacher_class_count", "distill", ["--dataset=cifar100"],
      ["teacher ({root}/teacher.keras) has 10 classes but cifar100 has 100; "
@@ -238,7 +250,7 @@ def test_unsafe_load_loads_a_lambda_model_with_a_warning(inputs, tmp_path):
 
 
 def _methods_with_a_teacher():
-    from gacd_tf.trainers import METHODS
+    from gacd_tf.methods import METHODS
 
     return [name for name in METHODS.names() if METHODS.get(name).NEEDS_TEACHER]
 

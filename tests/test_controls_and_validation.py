@@ -13,8 +13,8 @@ from program_helpers import run_program, write_tiny_cifar10
 
 from gacd_tf.attacks import PGD
 from gacd_tf.errors import DataError
-from gacd_tf.programs.data_flags import holdout_indices
-from gacd_tf.trainers import METHODS, ARDDistiller, build_method
+from gacd_tf.data import holdout_indices
+from gacd_tf.methods import METHODS, ARDDistiller, build
 from tiny_models import tiny
 
 
@@ -29,7 +29,7 @@ def batches(n=24, batch=8, classes=3):
 def test_natural_method_trains_by_cross_entropy_without_a_teacher():
     assert METHODS.get("natural").NEEDS_TEACHER is False
     student = tiny(1, "student", batch_norm=False)
-    trainer = build_method("natural", student)  # no teacher
+    trainer = build("natural", student)  # no teacher
     trainer.compile(optimizer=keras.optimizers.SGD(0.0))  # lr 0: the logged loss is plain CE
     x, y, _ = next(iter(batches()))
     expected = float(tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
@@ -53,8 +53,8 @@ def test_ard_attack_in_training_mode_moves_the_batch_norm_statistics():
     moved = {}
     for mode in (False, True):
         student, teacher = tiny(1, "student"), tiny(2, "teacher", width=6)
-        trainer = ARDDistiller(student, teacher, attack=PGD(steps=3, seed=0), alpha=1.0,
-                               attack_training_mode=mode)
+        trainer = ARDDistiller(student, teacher, attack=PGD(steps=3, seed=0), ard_alpha=1.0,
+                               ard_attack_training_mode=mode)
         trainer.compile(optimizer=keras.optimizers.SGD(0.0))
         start = bn_statistics(student)
         trainer.fit(batches().take(1), epochs=1, verbose=0)
@@ -63,7 +63,7 @@ def test_ard_attack_in_training_mode_moves_the_batch_norm_statistics():
     # statistics once; the official code's mode moves them 3 + 1 + 1 times.
     assert np.abs(moved[False]).max() > 0
     assert np.abs(moved[True]).max() > 2 * np.abs(moved[False]).max()
-    assert build_method("ard", tiny(1, "s"), tiny(2, "t")).attack_training_mode is False
+    assert build("ard", tiny(1, "s"), tiny(2, "t")).ard_attack_training_mode is False
 
 
 # ----------------------------------------------------------------------------- validation
@@ -83,11 +83,14 @@ def test_holdout_is_class_balanced_disjoint_and_deterministic():
     sub, val = holdout_indices(labels, 10, 30, 50)
     np.testing.assert_array_equal(sub, holdout_indices(labels, 10, 0, 50)[0])
     assert not set(sub) & set(val)
-    with pytest.raises(DataError, match=r"--train_examples=180 is out of range: .* 30 of them "
-                                        r"held out by --val_examples; ask for 1 to 170"):
+    # The library names its arguments (a program names the flags: test_bad_inputs).
+    with pytest.raises(DataError, match=r"^train_examples=180 is out of range: .* 30 of them "
+                                        r"held out for validation; ask for 1 to 170") as err:
         holdout_indices(labels, 10, 30, 180)
-    with pytest.raises(DataError, match="--val_examples=200 leaves no training examples"):
+    assert err.value.argument == "train_examples"
+    with pytest.raises(DataError, match="^val_examples=200 leaves no training examples") as err:
         holdout_indices(labels, 10, 200, None)
+    assert err.value.argument == "val_examples"
 
 
 LOAD = """

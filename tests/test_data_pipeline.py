@@ -113,7 +113,8 @@ def test_tfds_failure_is_one_clear_line(monkeypatch):
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("download of cifar10 via tensorflow-datasets failed (ConnectionError: Failed to fetch")
-    assert "offline, pass --data_dir=DIR with the official cifar10 binary files" in message
+    assert "offline, pass data_dir=DIR with the official cifar10 binary files" in message
+    assert info.value.argument == "data_dir"  # a program names its flag (test_offline)
 
 
 def test_tfds_success_path_is_converted(monkeypatch):
@@ -267,10 +268,27 @@ def test_epoch_stream_rebuilds_any_epoch_and_the_rest_of_one():
     assert not np.array_equal(np.concatenate([b[2] for b in other]), epochs[0])
 
 
-def test_too_many_examples_names_the_flag(tmp_path):
+def test_too_many_examples_names_the_argument_and_a_program_the_flag(tmp_path):
     rng = np.random.default_rng(0)
     data.write_cifar10(tmp_path, "test", rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8),
                        np.arange(10) % 10)
-    with pytest.raises(DataError, match=r"^--test_examples=11 is out of range: the test split "
-                                        r"holds 10 examples; ask for 1 to 10$"):
+    with pytest.raises(DataError, match=r"^examples=11 is out of range: the test split "
+                                        r"holds 10 examples; ask for 1 to 10$") as err:
         data.load_split("cifar10", "test", data_dir=tmp_path, examples=11)
+    assert err.value.argument == "examples"
+    from absl import flags
+
+    from gacd_tf.programs.flag_core import arguments_as_flags
+
+    holder = flags.FlagValues()
+    flags.DEFINE_integer("test_examples", None, "", flag_values=holder)
+    from gacd_tf.programs import flag_core
+
+    real, flag_core.FLAGS = flag_core.FLAGS, holder
+    try:
+        with pytest.raises(DataError, match=r"^--test_examples=11 is out of range: the test "
+                                            r"split holds 10 examples; ask for 1 to 10$"):
+            with arguments_as_flags(examples="test_examples"):
+                data.load_split("cifar10", "test", data_dir=tmp_path, examples=11)
+    finally:
+        flag_core.FLAGS = real

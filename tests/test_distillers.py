@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from gacd_tf.attacks import PGD
 from gacd_tf.errors import ModelError
-from gacd_tf.trainers import ARDDistiller, GACDDistiller, KDDistiller
+from gacd_tf.methods import ARDDistiller, GACDDistiller, KDDistiller
 from tiny_models import tiny as tiny_model
 
 M = 24
@@ -45,7 +45,7 @@ def make(method, student, teacher, **kwargs):
 @pytest.mark.parametrize("method, kwargs", [
     ("kd", {}),
     ("ard", {}),
-    ("ard", {"alpha": 0.5, "kl_reduction": "batchmean", "reweight": True}),
+    ("ard", {"ard_alpha": 0.5, "kl_reduction": "batchmean", "reweight": True}),
     ("gacd", {}),
     ("gacd", {"nce_form": "one_sided", "teacher_input": "natural", "reweight": False}),
 ])
@@ -118,7 +118,7 @@ def test_a_teacher_with_other_classes_is_refused(method):
 
 
 def test_gacd_state_checkpoint_holds_the_bank_and_z(tmp_path):
-    from gacd_tf.trainers import TrainingCheckpoint
+    from gacd_tf.training import TrainingCheckpoint
 
     def build():
         trainer = make("gacd", tiny(2, name="student"), tiny(1, width=6, name="teacher"))

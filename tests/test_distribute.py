@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gacd_tf.attacks import PGD, OptimalTransport
-from gacd_tf.distribute import make_strategy
-from gacd_tf.trainers import AdversarialTrainer, ARDDistiller, GACDDistiller, KDDistiller
+from gacd_tf.attacks import PGD
+from gacd_tf.methods.gacd import OptimalTransport
+from gacd_tf.training.distribute import make_strategy
+from gacd_tf.methods import AdversarialTrainer, ARDDistiller, GACDDistiller, KDDistiller
 from tiny_models import tiny
 
 B, M = 8, 16
@@ -31,7 +32,7 @@ def build(method):
     if method == "kd":
         return KDDistiller(student, teacher)
     if method == "ard":
-        return ARDDistiller(student, teacher, attack=PGD(steps=2, seed=3), alpha=0.5,
+        return ARDDistiller(student, teacher, attack=PGD(steps=2, seed=3), ard_alpha=0.5,
                             reweight=True)
     labels = (np.arange(M) % 3).astype("int32")
     attack = PGD(eps=8 / 255, step_size=8 / 255, steps=1, seed=3,

@@ -10,14 +10,10 @@ import pytest
 import tensorflow as tf
 
 from gacd_tf.errors import ConfigError
-from gacd_tf.losses import (
-    ard_loss,
-    distillation_kl,
-    initial_log_z,
-    kd_loss,
-    nce_logits,
-    reweighted_nce_loss,
-)
+from gacd_tf.losses import distillation_kl
+from gacd_tf.methods.ard import ard_loss
+from gacd_tf.methods.gacd import initial_log_z, nce_logits, reweighted_nce_loss
+from gacd_tf.methods.kd import kd_loss
 
 # ----------------------------------------------------------------------------- NumPy references
 

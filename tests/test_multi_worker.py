@@ -44,8 +44,9 @@ def build(method):
     """A compiled trainer; call under the strategy's scope."""
     import keras
 
-    from gacd_tf.attacks import PGD, OptimalTransport
-    from gacd_tf.trainers import AdversarialTrainer, GACDDistiller
+    from gacd_tf.attacks import PGD
+    from gacd_tf.methods.gacd import OptimalTransport
+    from gacd_tf.methods import AdversarialTrainer, GACDDistiller
 
     student = tiny(1, "student")
     if method == "adversarial":
@@ -75,8 +76,8 @@ def worker(index, ports, out_path):
     os.environ["TF_CONFIG"] = json.dumps({
         "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports.split(",")]},
         "task": {"type": "worker", "index": int(index)}})
-    from gacd_tf.distribute import make_strategy
-    from gacd_tf.distribute_loop import fit_multi_worker
+    from gacd_tf.training.distribute import make_strategy
+    from gacd_tf.training.multi_worker_loop import fit_multi_worker
 
     strategy = make_strategy("multi_worker")
     assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync

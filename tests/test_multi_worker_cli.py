@@ -63,7 +63,7 @@ def distill_args(data_dir, teacher, model_dir, method="gacd", epochs=2):
 
 
 def test_chief_is_the_chief_task_else_worker_zero():
-    from gacd_tf.distribute_loop import is_chief_from_tf_config, is_chief_task
+    from gacd_tf.training.multi_worker_loop import is_chief_from_tf_config, is_chief_task
 
     workers = {"worker": ["a:1", "b:2"]}
     assert is_chief_task("worker", 0, workers) and not is_chief_task("worker", 1, workers)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gacd_tf.data.negative_sampling import OtherClassSampler
+from gacd_tf.methods.gacd.negative_sampling import OtherClassSampler
 from gacd_tf.errors import ConfigError
-from gacd_tf.trainers.memory_bank import MemoryBank
+from gacd_tf.methods.gacd.memory_bank import MemoryBank
 
 
 def labels_of(m=300, c=10, seed=0):

@@ -15,11 +15,12 @@ from program_helpers import run_program, write_tiny_cifar10
 
 from gacd_tf import data
 from gacd_tf.attacks import PGD
-from gacd_tf.distribute import make_strategy
-from gacd_tf.trainers import METHODS, MethodContext, TrainingCheckpoint, fit_resumable
-from gacd_tf.trainers.adaad_distiller import (AdaADAttack, AdaADDistiller, AdaADObjective,
+from gacd_tf.training.distribute import make_strategy
+from gacd_tf.methods import METHODS, MethodContext
+from gacd_tf.training import TrainingCheckpoint, fit_resumable
+from gacd_tf.methods.adaad import (AdaADAttack, AdaADDistiller, AdaADObjective,
                                               adaad_loss)
-from gacd_tf.trainers.rslad_distiller import RSLADAttack, RSLADDistiller, rslad_loss
+from gacd_tf.methods.rslad import RSLADAttack, RSLADDistiller, rslad_loss
 from tiny_models import tiny
 
 EPS = 8 / 255
@@ -244,7 +245,7 @@ def test_defaults_are_the_official_ones_and_the_attack_follows_the_context(metho
         student, teacher, {}, MethodContext(seed=9, train_attack_steps=4, eps=4 / 255))
     assert record["reweight"] is False and trainer.reweight is False
     assert record[f"{method}_kl_reduction"] == "official"
-    assert trainer.alpha == pytest.approx(OFFICIAL_ALPHA[method])
+    assert getattr(trainer, f"{method}_alpha") == pytest.approx(OFFICIAL_ALPHA[method])
     assert record["attack"]["steps"] == 4 and record["attack"]["eps"] == 4 / 255
     assert record["attack"]["step_size"] == 2 / 255 and record["attack"]["start_std"] == 0.001
     trainer, record = METHODS.get(method).from_settings(student, teacher, {},
@@ -260,7 +261,7 @@ def build(method, reweight=True, batch_norm=True):
         "rslad": (RSLADDistiller, RSLADAttack),
         "adaad": (AdaADDistiller, AdaADAttack),
     }[method]
-    return trainer(student, teacher, attack=attack(steps=2, seed=3), alpha=0.5,
+    return trainer(student, teacher, attack=attack(steps=2, seed=3), **{f"{method}_alpha": 0.5},
                    reweight=reweight, eval_attack=PGD(steps=1, seed=4))
 
 

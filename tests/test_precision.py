@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from gacd_tf.attacks import PGD
-from gacd_tf.trainers import ARDDistiller, GACDDistiller, KDDistiller
+from gacd_tf.methods import ARDDistiller, GACDDistiller, KDDistiller
 
 
 def tiny(seed, name, batch_norm=False):

@@ -12,10 +12,10 @@ import tensorflow as tf
 
 from gacd_tf import data
 from gacd_tf.attacks import PGD
-from gacd_tf.distribute import make_strategy
+from gacd_tf.training.distribute import make_strategy
 from gacd_tf.errors import TrainingError
-from gacd_tf.trainers import (AdversarialTrainer, GACDDistiller, TrainingCheckpoint,
-                              fit_resumable)
+from gacd_tf.methods import AdversarialTrainer, GACDDistiller
+from gacd_tf.training import TrainingCheckpoint, fit_resumable
 from tiny_models import tiny
 
 N, BATCH, EPOCHS = 24, 8, 2
@@ -127,7 +127,7 @@ def test_resume_restores_optimizer_slots_bank_and_random_generators(tmp_path):
     trainer = build("gacd")
     fresh_bank = trainer.student_bank.bank.numpy().copy()
     ckpt = TrainingCheckpoint(str(tmp_path), STEPS)
-    from gacd_tf.trainers.fit_resumable import _restore
+    from gacd_tf.training.fit_resumable import _restore
 
     trainer.optimizer.build(trainer.trainable_variables)
     _restore(trainer, ckpt, state)
@@ -161,7 +161,7 @@ class FakeClock(keras.callbacks.Callback):
 
 
 def test_training_seconds_add_up_over_a_kill_up_to_its_last_checkpoint(tmp_path, monkeypatch):
-    from gacd_tf.trainers import training_checkpoint
+    from gacd_tf.training import training_checkpoint
 
     clock = FakeClock()
     monkeypatch.setattr(training_checkpoint, "time", clock)
@@ -250,8 +250,8 @@ def test_a_mirrored_run_resumes_to_the_uninterrupted_mirrored_result(tmp_path):
 
 
 def test_every_random_generator_of_every_trainer_is_found():
-    from gacd_tf.trainers import ARDDistiller, KDDistiller
-    from gacd_tf.trainers.training_checkpoint import find_seed_generators
+    from gacd_tf.methods import ARDDistiller, KDDistiller
+    from gacd_tf.training.training_checkpoint import find_seed_generators
 
     student, teacher = tiny(1, "student", batch_norm=False), tiny(2, "teacher", batch_norm=False)
     trades = AdversarialTrainer(student, attack=PGD(steps=1, seed=0), trades_beta=6.0)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gacd_tf.data.negative_sampling import OtherClassSampler
+from gacd_tf.methods.gacd.negative_sampling import OtherClassSampler
 from gacd_tf.errors import ConfigError
-from gacd_tf.trainers.training_checkpoint import seed_generators_of
+from gacd_tf.training.training_checkpoint import seed_generators_of
 
 # Upper 1e-4 quantiles of the chi-square law (scipy.stats.chi2.ppf(1 - 1e-4, df)).
 CHI2_CRITICAL = {2: 18.42, 19: 50.80, 39: 80.65}

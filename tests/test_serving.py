@@ -18,6 +18,7 @@ from gacd_tf.evaluation import evaluate_robustness
 from gacd_tf.models import build_model, features_and_logits
 from gacd_tf.models.io import check_model_fits, load_model
 from gacd_tf.serving import (
+    load_classifier,
     existing_versions,
     export_onnx,
     export_saved_model,
@@ -238,7 +239,7 @@ def test_versions_number_up_and_are_never_overwritten_silently(exported, tmp_pat
 def test_loader_takes_the_highest_version_and_fits_the_dataset(exported):
     from gacd_tf.data.datasets import DATASETS
 
-    served = load_model(exported["base"], saved_model=True)
+    served = load_classifier(exported["base"])
     assert served.path == str(exported["path"])
     assert served.input_shape == (None, 32, 32, 3) and served.output_shape == (None, 10)
     check_model_fits(served, DATASETS.get("cifar10")[0])

@@ -15,10 +15,10 @@ import pytest
 import tensorflow as tf
 
 from gacd_tf.attacks.objectives import get_objective
-from gacd_tf.attacks.ot_objective import OptimalTransport
+from gacd_tf.methods.gacd.ot_objective import OptimalTransport
 from gacd_tf.attacks.pgd import PGD
 from gacd_tf.errors import ConfigError
-from gacd_tf.losses import cosine_cost, sinkhorn_distance, sinkhorn_plan
+from gacd_tf.methods.gacd import cosine_cost, sinkhorn_distance, sinkhorn_plan
 
 
 def np_cosine_cost(x, y):
@@ -240,7 +240,7 @@ def test_pgd_with_ot_objective_increases_ot_distance_within_eps_ball(representat
 
 
 def test_ot_objective_by_name_feature_scattering_single_step():
-    import gacd_tf.attacks.ot_objective  # noqa: F401  (registers "ot")
+    import gacd_tf.methods.gacd.ot_objective  # noqa: F401  (registers "ot")
 
     objective = get_objective("ot")
     assert isinstance(objective, OptimalTransport)

@@ -1,4 +1,4 @@
-"""Analysis of trained models: linear transfer, logit-correlation maps, t-SNE maps,
+"""Analysis of trained models: linear transfer (:class:`LinearProbe`), logit-correlation maps, t-SNE maps,
 flag sweeps and a Markdown report (``gacd-analyze``).
 
 All pictures come from :mod:`gacd_tf.analysis.plots` (matplotlib, Agg canvas);
@@ -7,6 +7,7 @@ matplotlib and scikit-learn are the ``analysis`` extra
 """
 
 from gacd_tf.analysis.correlation import correlation_maps
+from gacd_tf.analysis.linear_probe import LinearProbe
 from gacd_tf.analysis.report import Run, load_run, load_runs, render_report
 from gacd_tf.analysis.sweep import run_sweep, write_sweep
 from gacd_tf.analysis.targeted_objective import TargetedCrossEntropy
@@ -14,7 +15,7 @@ from gacd_tf.analysis.transfer import linear_transfer, weights_digest, write_tra
 from gacd_tf.analysis.tsne import feature_map, tsne_figure, tsne_maps
 
 __all__ = [
-    "Run", "TargetedCrossEntropy", "correlation_maps", "feature_map", "linear_transfer",
+    "LinearProbe", "Run", "TargetedCrossEntropy", "correlation_maps", "feature_map", "linear_transfer",
     "load_run", "load_runs", "render_report", "run_sweep", "tsne_figure", "tsne_maps",
     "weights_digest", "write_sweep", "write_transfer",
 ]

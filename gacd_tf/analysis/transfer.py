@@ -3,8 +3,16 @@
 import json
 import os
 
+import keras
+import tensorflow as tf
+
 from gacd_tf.analysis import plots
+from gacd_tf.analysis.linear_probe import LinearProbe
 from gacd_tf.analysis.tables import csv_text, markdown_table, write_text
+from gacd_tf.attacks import PGD
+from gacd_tf.data import make_dataset
+from gacd_tf.evaluation import evaluate_robustness
+from gacd_tf.models.interface import feature_dim
 from gacd_tf.models.io import weights_digest
 
 TRANSFER_COLUMNS = ["model", "natural_accuracy", "robust_accuracy", "train_accuracy",
@@ -17,7 +25,7 @@ def linear_transfer(backbone, train, test, epochs, optimizer=None, batch_size=12
                     strategy=None):
     """Linear evaluation of a frozen model on a target task, natural and robust.
 
-    Trains a :class:`gacd_tf.trainers.LinearProbe` (frozen ``backbone``, new
+    Trains a :class:`gacd_tf.analysis.LinearProbe` (frozen ``backbone``, new
     ``Dense`` head) on ``train`` with cross-entropy on natural images, then
     measures natural and adversarial accuracy of backbone + head on the
     whole ``test`` split, the attack going through the frozen backbone.
@@ -56,14 +64,7 @@ def linear_transfer(backbone, train, test, epochs, optimizer=None, batch_size=12
     >>> result["natural_accuracy"], result["robust_accuracy"]  # doctest: +SKIP
     (0.62, 0.31)
     """
-    import keras
-    import tensorflow as tf
 
-    from gacd_tf.attacks import PGD
-    from gacd_tf.data import make_dataset
-    from gacd_tf.evaluation import evaluate_robustness
-    from gacd_tf.models.interface import feature_dim
-    from gacd_tf.trainers import LinearProbe
 
     before = weights_digest(backbone)
     with (strategy or tf.distribute.get_strategy()).scope():

@@ -1,21 +1,33 @@
-"""Adversarial attacks: one PGD engine, pluggable norms and objectives
-("ce", "kl", and "ot": the optimal-transport feature distance of Feature Scattering).
+"""Adversarial attacks: PGD and FGSM on pluggable norms and objectives, and
+AutoAttack (APGD-CE/DLR, APGD-T, FAB, FAB-T, Square) natively in TensorFlow.
 
 An attack is called as ``attack(model, x, target) -> x_adv``; see :class:`PGD`.
+Names, norms, objectives and AutoAttack versions live in one registry
+(:mod:`gacd_tf.attacks.registry`); each attack is one file that registers
+itself there and is imported below. GACD's "ot" objective registers itself
+from ``gacd_tf.methods.gacd``.
 """
 
-from gacd_tf.attacks.norms import NORMS, L2Norm, LinfNorm, get_norm
-from gacd_tf.attacks.objectives import (
+from gacd_tf.attacks.registry import (
+    AA_VERSIONS,
+    ATTACKS,
+    NORMS,
     OBJECTIVES,
+    build_attack,
+    ensemble_attack_names,
+    norm_names,
+)
+
+from gacd_tf.attacks.norms import L2Norm, LinfNorm, get_norm
+from gacd_tf.attacks.objectives import (
     CrossEntropy,
     KLDivergence,
     Objective,
     as_outputs,
     get_objective,
 )
-from gacd_tf.attacks.ot_objective import OptimalTransport
 from gacd_tf.attacks.gaussian_start_pgd import GaussianStartPGD
-from gacd_tf.attacks.pgd import ATTACKS, FGSM, PGD, build_attack
+from gacd_tf.attacks.pgd import FGSM, PGD
 from gacd_tf.attacks.dlr import DLR, TargetedDLR, dlr_loss, targeted_dlr_loss
 from gacd_tf.attacks.apgd import APGD, apgd_checkpoints, halving_decision
 from gacd_tf.attacks.apgd_targeted import APGDTargeted
@@ -25,10 +37,11 @@ from gacd_tf.attacks.square import Square
 
 __all__ = [
     "GaussianStartPGD",
-    "ATTACKS", "FGSM", "PGD", "build_attack", "NORMS", "L2Norm", "LinfNorm", "get_norm",
+    "AA_VERSIONS", "ATTACKS", "FGSM", "PGD", "build_attack", "ensemble_attack_names",
+    "norm_names", "NORMS", "L2Norm", "LinfNorm", "get_norm",
     "APGD", "APGDTargeted", "apgd_checkpoints", "halving_decision",
     "DLR", "TargetedDLR", "dlr_loss", "targeted_dlr_loss",
-    "OBJECTIVES", "CrossEntropy", "KLDivergence", "Objective", "OptimalTransport", "as_outputs",
+    "OBJECTIVES", "CrossEntropy", "KLDivergence", "Objective", "as_outputs",
     "get_objective", "AutoAttack",
     "FAB", "FABTargeted", "projection_linf",
     "Square",

@@ -28,7 +28,7 @@ from gacd_tf.attacks.arguments import (
 from gacd_tf.attacks.dlr import dlr_loss
 from gacd_tf.attacks.norms import get_norm
 from gacd_tf.attacks.objectives import as_outputs
-from gacd_tf.attacks.pgd import ATTACKS
+from gacd_tf.attacks.registry import ATTACKS
 from gacd_tf.errors import ConfigError
 
 _TINY = 1e-12

@@ -5,7 +5,7 @@ import tensorflow as tf
 from gacd_tf.attacks.apgd import APGD
 from gacd_tf.attacks.arguments import check_whole
 from gacd_tf.attacks.dlr import targeted_dlr_loss
-from gacd_tf.attacks.pgd import ATTACKS
+from gacd_tf.attacks.registry import ATTACKS
 from gacd_tf.errors import ConfigError
 
 

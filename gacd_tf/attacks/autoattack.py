@@ -16,51 +16,16 @@ from absl import logging
 
 from gacd_tf.attacks import autoattack_progress as progress
 from gacd_tf.attacks.objectives import as_outputs
-from gacd_tf.attacks.pgd import ATTACKS
+from gacd_tf.attacks.registry import AA_VERSIONS as VERSIONS
+from gacd_tf.attacks.registry import ATTACKS, ensemble_attack_names
 from gacd_tf.errors import ConfigError
-
-# The reference's versions (autoattack.py, set_version and the constructors):
-# the attacks in order, and the settings each attack gets in that version.
-VERSIONS = {
-    "standard": {
-        "attacks": ("apgd-ce", "apgd-t", "fab-t", "square"),
-        "settings": {
-            "apgd-ce": {"n_restarts": 1, "n_iter": 100},
-            "apgd-t": {"n_restarts": 1, "n_iter": 100, "n_target_classes": 9},
-            "fab-t": {"n_restarts": 1, "n_iter": 100, "n_target_classes": 9},
-            "square": {"n_queries": 5000, "p_init": 0.8, "rescale_schedule": False},
-        },
-    },
-    "plus": {
-        "attacks": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
-        "settings": {
-            "apgd-ce": {"n_restarts": 5, "n_iter": 100},
-            "apgd-dlr": {"n_restarts": 5, "n_iter": 100},
-            "fab": {"n_restarts": 5, "n_iter": 100},
-            "square": {"n_queries": 5000, "p_init": 0.8, "rescale_schedule": False},
-            "apgd-t": {"n_restarts": 1, "n_iter": 100, "n_target_classes": 9},
-            "fab-t": {"n_restarts": 1, "n_iter": 100, "n_target_classes": 9},
-        },
-    },
-    "rand": {
-        "attacks": ("apgd-ce", "apgd-dlr"),
-        "settings": {
-            "apgd-ce": {"n_restarts": 1, "n_iter": 100, "eot_iter": 20},
-            "apgd-dlr": {"n_restarts": 1, "n_iter": 100, "eot_iter": 20},
-        },
-    },
-}
+from gacd_tf.models.io import float32_copy
 
 # Thresholds of the reference's checks (checks.py).
 _RANDOMIZED_PASSES = 5
 _RANDOMIZED_TOL = 1e-4
 _PROBABILITY_TOL = 1e-5
 _SQUARE_TOL = 0.002
-
-
-def ensemble_attack_names():
-    """Registry names an ensemble can take: every attack but the ensemble itself."""
-    return [name for name in ATTACKS.names() if name != "autoattack"]
 
 
 @ATTACKS.register("autoattack")
@@ -280,8 +245,6 @@ class AutoAttack:
             points), ``labels`` and ``predictions`` (the model's classes of
             ``x_adv``). :func:`json_result` drops the arrays.
         """
-        from gacd_tf.models.io import float32_copy
-
         verbose = self.verbose if verbose is None else verbose
         model = float32_copy(model)  # robustness is measured in float32
         x, y, batch_size = _as_arrays(x, y, batch_size)

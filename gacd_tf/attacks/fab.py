@@ -25,7 +25,7 @@ from gacd_tf.attacks.arguments import (
     require,
 )
 from gacd_tf.attacks.objectives import as_outputs
-from gacd_tf.attacks.pgd import ATTACKS
+from gacd_tf.attacks.registry import ATTACKS
 
 _NO_ADVERSARIAL = 1e10
 

@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from gacd_tf.attacks.pgd import PGD
-from gacd_tf.distribute import all_gather, local_rows
+from gacd_tf.training.distribute import all_gather, local_rows
 from gacd_tf.errors import ConfigError
 
 

@@ -8,9 +8,7 @@ projection of a perturbation back onto the ball.
 import keras
 import tensorflow as tf
 
-from gacd_tf.registry import Registry
-
-NORMS = Registry("attack norm")
+from gacd_tf.attacks.registry import NORMS
 
 _TINY = 1e-12
 

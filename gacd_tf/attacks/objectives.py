@@ -13,10 +13,8 @@ Adding an objective is one new class plus one ``@OBJECTIVES.register`` line.
 
 import tensorflow as tf
 
+from gacd_tf.attacks.registry import OBJECTIVES
 from gacd_tf.errors import ConfigError
-from gacd_tf.registry import Registry
-
-OBJECTIVES = Registry("attack objective")
 
 
 def as_outputs(outputs):

@@ -5,11 +5,9 @@ import tensorflow as tf
 
 from gacd_tf.attacks.norms import get_norm
 from gacd_tf.attacks.objectives import as_outputs, get_objective
-from gacd_tf.distribute import all_gather, local_rows, num_replicas
+from gacd_tf.attacks.registry import ATTACKS
 from gacd_tf.errors import ConfigError
-from gacd_tf.registry import Registry
-
-ATTACKS = Registry("attack")
+from gacd_tf.training.distribute import all_gather, local_rows, num_replicas
 
 
 @ATTACKS.register("pgd")
@@ -285,8 +283,3 @@ def computes_in_float16(model):
     dtype = getattr(model, "compute_dtype", None) or \
         keras.mixed_precision.global_policy().compute_dtype
     return dtype == "float16"
-
-
-def build_attack(name="pgd", **kwargs):
-    """An attack from the registry by name, e.g. ``build_attack("pgd", steps=20)``."""
-    return ATTACKS.get(name)(**kwargs)

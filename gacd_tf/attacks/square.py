@@ -19,7 +19,7 @@ from gacd_tf.attacks.arguments import (
     require,
 )
 from gacd_tf.attacks.objectives import as_outputs
-from gacd_tf.attacks.pgd import ATTACKS
+from gacd_tf.attacks.registry import ATTACKS
 from gacd_tf.errors import ConfigError
 
 # Reference schedule (for 10,000 queries): p is halved after each of these.

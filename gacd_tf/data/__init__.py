@@ -1,4 +1,6 @@
-"""Data: official binary formats, dataset descriptions, splits and tf.data pipelines.
+"""Data: official binary formats, dataset descriptions, splits, the validation
+hold-out and tf.data pipelines. A new dataset is one new file that registers
+itself in ``DATASETS`` (see ``datasets.py``) plus its import line here.
 
 Example:
 >>> from gacd_tf import data
@@ -25,6 +27,7 @@ from gacd_tf.data.datasets import (
     get_dataset_info,
     load_split,
 )
+from gacd_tf.data.holdout import holdout_indices
 from gacd_tf.data.pipeline import make_dataset, random_pad_crop_flip
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "DatasetInfo",
     "balanced_subset_indices",
     "get_dataset_info",
+    "holdout_indices",
     "load_split",
     "make_dataset",
     "random_pad_crop_flip",

@@ -54,9 +54,9 @@ def _folder(data_dir, dataset, expected, official_subfolder):
     folder = pathlib.Path(data_dir).expanduser()
     if not folder.is_dir():
         raise DataError(
-            f"{dataset} data folder {folder} does not exist; pass --data_dir=DIR "
+            f"{dataset} data folder {folder} does not exist; pass data_dir=DIR "
             f"naming the folder that holds the official binary files ({expected})"
-        )
+        ).on("data_dir")
     if (folder / official_subfolder).is_dir():
         folder = folder / official_subfolder
     return folder

@@ -123,10 +123,9 @@ class ArraySplit:
 
 def _check_examples(n, size, split=None):
     if not 1 <= n <= size:
-        flag = {"train": "--train_examples", "test": "--test_examples"}.get(split, "examples")
         where = f"the {split} split" if split else "the split"
-        raise DataError(f"{flag}={n} is out of range: {where} holds {size} examples; ask for "
-                        f"1 to {size}")
+        raise DataError(f"examples={n} is out of range: {where} holds {size} examples; ask for "
+                        f"1 to {size}").on("examples")
 
 
 def balanced_subset_indices(labels, n, num_classes):
@@ -276,8 +275,8 @@ def _load_tfds(name, split, label_mode):
             cause += ": " + str(error).strip().splitlines()[0][:200]
         raise DataError(
             f"download of {name} via tensorflow-datasets failed ({cause}); "
-            f"offline, pass --data_dir=DIR with the official {name} binary files"
-        ) from None
+            f"offline, pass data_dir=DIR with the official {name} binary files"
+        ).on("data_dir") from None
     labels = data["coarse_label" if label_mode == "coarse" else "label"]
     return data["image"], labels
 

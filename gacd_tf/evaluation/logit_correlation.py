@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from gacd_tf.attacks import as_outputs
 from gacd_tf.errors import ModelError
-from gacd_tf.trainers.common import unpack_batch
+from gacd_tf.methods.common import unpack_batch
 
 
 def logit_correlation(model, dataset, attack=None):

@@ -7,7 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 from gacd_tf.attacks import as_outputs
-from gacd_tf.trainers.common import unpack_batch
+from gacd_tf.methods.common import unpack_batch
+from gacd_tf.models.io import float32_copy
 
 
 def evaluate_robustness(model, dataset, attack, verbose=1, return_examples=False,
@@ -49,8 +50,6 @@ def evaluate_robustness(model, dataset, attack, verbose=1, return_examples=False
     >>> evaluate_robustness(model, make_dataset(test, 256, training=False),
     ...                     PGD(steps=20))  # doctest: +SKIP
     """
-    from gacd_tf.models.io import float32_copy
-
     # Measured in float32 whatever the training precision (float16 input
     # gradients underflow, which would overstate robustness).
     model = float32_copy(model)

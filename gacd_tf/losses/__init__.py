@@ -1,21 +1,10 @@
-"""Distillation losses: KD, ARD, GACD's reweighted NCE and the OT distance.
+"""Losses several methods share: the temperature-scaled distillation KL.
 
-Pure TensorFlow functions of tensors, usable in any training loop.
+Pure TensorFlow functions of tensors, usable in any training loop. A loss that
+belongs to one method lives beside it (``gacd_tf.methods.kd.kd_loss``,
+``gacd_tf.methods.ard.ard_loss``, ``gacd_tf.methods.gacd.reweighted_nce_loss``, ...).
 """
 
-from gacd_tf.losses.distillation_kl import ard_loss, distillation_kl, kd_loss
-from gacd_tf.losses.nce import (
-    cross_class_cosine,
-    initial_log_z,
-    nce_logits,
-    reweighted_nce_loss,
-    within_class_cosine,
-)
-from gacd_tf.losses.sinkhorn import cosine_cost, sinkhorn_distance, sinkhorn_plan
+from gacd_tf.losses.distillation_kl import KL_REDUCTIONS, distillation_kl
 
-__all__ = [
-    "ard_loss", "distillation_kl", "kd_loss",
-    "cross_class_cosine", "initial_log_z", "nce_logits", "reweighted_nce_loss",
-    "within_class_cosine",
-    "cosine_cost", "sinkhorn_distance", "sinkhorn_plan",
-]
+__all__ = ["KL_REDUCTIONS", "distillation_kl"]

@@ -1,4 +1,4 @@
-"""Temperature-scaled distillation KL and the KD / ARD losses built on it.
+"""The temperature-scaled distillation KL that KD, ARD, RSLAD and AdaAD build on.
 
 All functions are pure TensorFlow: they take logits tensors and return a
 scalar (or per-example) loss, so they work in eager mode, inside
@@ -13,26 +13,26 @@ from gacd_tf.errors import ConfigError
 KL_REDUCTIONS = ("batchmean", "official", "none")
 
 
-def _check_temperature(temperature):
+def check_temperature(temperature):
     if not temperature > 0:
         raise ConfigError(f"distillation temperature must be > 0, got {temperature}")
     return float(temperature)
 
 
-def _check_alpha(alpha):
+def check_alpha(alpha):
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"distillation weight alpha must be in [0, 1], got {alpha}")
     return float(alpha)
 
 
-def _float32(logits):
+def as_float32(logits):
     """Logits as float32 (losses are computed in float32 under mixed precision)."""
     logits = tf.convert_to_tensor(logits)
     return tf.cast(logits, tf.float32) if logits.dtype in (tf.float16, tf.bfloat16) else logits
 
 
-def _mean_cross_entropy(logits, labels):
-    logits = _float32(logits)
+def mean_cross_entropy(logits, labels):
+    logits = as_float32(logits)
     labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
     return tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
@@ -86,12 +86,12 @@ def distillation_kl(
         Goldblum et al., "Adversarially Robust Distillation", AAAI 2020
         (code: goldblum/AdversariallyRobustDistillation).
     """
-    temperature = _check_temperature(temperature)
+    temperature = check_temperature(temperature)
     if reduction not in KL_REDUCTIONS:
         raise ConfigError(
             f"unknown KL reduction {reduction!r}; choose one of: {', '.join(KL_REDUCTIONS)}"
         )
-    student_logits = _float32(student_logits)
+    student_logits = as_float32(student_logits)
     dtype = student_logits.dtype
     teacher_logits = tf.stop_gradient(tf.cast(teacher_logits, dtype))
     log_p_student = tf.nn.log_softmax(student_logits / temperature, axis=-1)
@@ -110,97 +110,3 @@ def distillation_kl(
     if reduction == "official":
         loss = loss / tf.cast(tf.shape(student_logits)[-1], dtype)
     return loss
-
-
-def kd_loss(student_logits, teacher_logits, labels, alpha=0.9, temperature=4.0):
-    """Hinton knowledge distillation: ``(1 - a) CE + a T^2 KL``.
-
-    ``L = (1 - alpha) * CE(z_S, y) + alpha * distillation_kl(z_S, z_T, T)``
-    with the textbook ``"batchmean"`` KL (sum over classes, mean over batch)
-    and the cross-entropy averaged over the batch. Defaults are RepDistiller's
-    (``alpha = 0.9``, ``T = 4``).
-
-    Args:
-        student_logits: ``[B, C]`` student logits.
-        teacher_logits: ``[B, C]`` teacher logits (no gradient).
-        labels: ``[B]`` integer class labels.
-        alpha: weight of the KL term, in ``[0, 1]``.
-        temperature: softmax temperature ``T > 0``.
-
-    Returns:
-        A scalar loss tensor.
-
-    Example:
-    >>> loss = kd_loss(tf.zeros([2, 10]), tf.ones([2, 10]), tf.constant([1, 3]))
-
-    Reference:
-        Hinton et al., "Distilling the Knowledge in a Neural Network", 2015;
-        Tian et al., "Contrastive Representation Distillation" (RepDistiller),
-        ICLR 2020.
-    """
-    alpha = _check_alpha(alpha)
-    student_logits = _float32(student_logits)
-    kl = distillation_kl(student_logits, teacher_logits, temperature, reduction="batchmean")
-    return (1.0 - alpha) * _mean_cross_entropy(student_logits, labels) + alpha * kl
-
-
-def ard_loss(
-    student_adv_logits,
-    student_nat_logits,
-    teacher_logits,
-    labels,
-    alpha=1.0,
-    temperature=30.0,
-    kl_reduction="official",
-    sample_weight=None,
-):
-    """Adversarially Robust Distillation loss (Goldblum et al. 2020).
-
-    ``L = alpha * distillation_kl(z_S(x_adv), z_T(x), T, kl_reduction, w)
-    + (1 - alpha) * CE(z_S(x), y)``. The teacher sees the natural images; the
-    student's adversarial examples come from PGD on the student's CE.
-
-    The default ``kl_reduction="official"`` reproduces the official code
-    (``nn.KLDivLoss()`` averages over batch *and* classes, so the KL term is
-    divided by ``C``; ARD's ``T = 30`` was tuned with that scaling).
-    ``kl_reduction="batchmean"`` gives the textbook KL, ``C`` times stronger at
-    the same ``T``. ``sample_weight`` reweights each example's KL (the paper's
-    reweighting ablation applied to ARD).
-
-    Args:
-        student_adv_logits: ``[B, C]`` student logits on adversarial inputs.
-        student_nat_logits: ``[B, C]`` student logits on natural inputs; may be
-            ``None`` only when ``alpha == 1`` (the CE term then vanishes).
-        teacher_logits: ``[B, C]`` teacher logits on natural inputs.
-        labels: ``[B]`` integer class labels.
-        alpha: weight of the KL term, in ``[0, 1]`` (official default 1.0).
-        temperature: ``T > 0`` (official default 30).
-        kl_reduction: ``"official"`` or ``"batchmean"``.
-        sample_weight: optional ``[B]`` weights of the KL term (no gradient).
-
-    Returns:
-        A scalar loss tensor.
-
-    Example:
-    >>> z = tf.zeros([2, 10])
-    >>> loss = ard_loss(z, z, tf.ones([2, 10]), tf.constant([0, 1]), alpha=0.9)
-
-    Reference:
-        Goldblum et al., "Adversarially Robust Distillation", AAAI 2020
-        (code: goldblum/AdversariallyRobustDistillation, main.py).
-    """
-    alpha = _check_alpha(alpha)
-    if kl_reduction not in ("official", "batchmean"):
-        raise ConfigError(
-            f"ARD kl_reduction must be 'official' or 'batchmean', got {kl_reduction!r}"
-        )
-    kl = distillation_kl(
-        student_adv_logits, teacher_logits, temperature,
-        reduction=kl_reduction, sample_weight=sample_weight,
-    )
-    if alpha == 1.0 and student_nat_logits is None:
-        return kl
-    if student_nat_logits is None:
-        raise ConfigError(f"ARD with alpha={alpha} < 1 needs the student's natural logits")
-    ce = _mean_cross_entropy(tf.cast(student_nat_logits, kl.dtype), labels)
-    return alpha * kl + (1.0 - alpha) * ce

@@ -11,21 +11,17 @@ from gacd_tf.errors import ModelError
 
 
 def load_model(path, safe_mode=True, saved_model=False):
-    """Loads a ``.keras`` model (``safe_mode`` on), or optionally an exported SavedModel.
+    """Loads a ``.keras`` model (``safe_mode`` on).
 
     Args:
-        path: a ``.keras`` file written by ``model.save``; with
-            ``saved_model=True`` also a SavedModel folder gacd-export wrote
-            (a version folder ``BASE/NAME/N`` or ``BASE/NAME``, whose highest
-            version is taken).
+        path: a ``.keras`` file written by ``model.save``.
         safe_mode: keep True for files you did not write yourself; a model
             file from an untrusted source is code. True refuses Python
             lambdas (Lambda layers) in the file, with a ModelError that names
             ``safe_mode=False`` and the programs' ``--unsafe_load``.
-        saved_model: accept a SavedModel folder; it is returned as a
-            :class:`gacd_tf.serving.ServedModel` (callable
-            ``model(x, training=False) -> logits`` with ``input_shape`` and
-            ``output_shape``, gradients flow through it), not a keras.Model.
+        saved_model: the caller also takes a SavedModel folder gacd-export
+            wrote (:func:`gacd_tf.serving.load_classifier` loads either): the
+            messages then say so.
 
     Raises:
         ModelError: the file is missing, is not a ``.keras`` archive or does
@@ -33,11 +29,9 @@ def load_model(path, safe_mode=True, saved_model=False):
     """
     path = os.fspath(path)
     if os.path.isdir(path):
-        if saved_model:
-            from gacd_tf.serving import load_saved_model
-
-            return load_saved_model(path)
-        raise ModelError(f"{path} is a folder (a SavedModel?); this needs a .keras model file")
+        raise ModelError(f"{path} is a folder (a SavedModel?); this needs a .keras model file"
+                         + ("; gacd_tf.serving.load_classifier loads either" if saved_model
+                            else ""))
     if not os.path.isfile(path):
         what = ".keras file a run wrote" + (" or a SavedModel folder gacd-export wrote"
                                            if saved_model else "")
@@ -55,8 +49,8 @@ def load_model(path, safe_mode=True, saved_model=False):
             raise ModelError(
                 f"{path} holds Python code (e.g. a Lambda layer) that safe_mode refuses to "
                 "load, since loading it would run that code; only if you trust the file's "
-                "source, pass --unsafe_load (programs) or safe_mode=False (Python)"
-            ) from err
+                "source, pass safe_mode=False"
+            ).on("safe_mode") from err
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(
             f"could not load a model from {path} ({first}); the file is corrupt or was not "

@@ -38,7 +38,7 @@ from gacd_tf.programs.analyze_maps import correlation_command, tsne_command  # n
 from gacd_tf.programs.analyze_report import REPORT_PARTS, report_command  # noqa: E402
 from gacd_tf.programs.analyze_sweep import sweep_command  # noqa: E402
 from gacd_tf.programs.analyze_transfer import transfer_command  # noqa: E402
-from gacd_tf.programs.common import FLAGS  # noqa: E402
+from gacd_tf.programs.flag_core import FLAGS  # noqa: E402
 from gacd_tf.registry import Registry  # noqa: E402
 
 # One module per command (analyze_transfer, analyze_maps, analyze_sweep, analyze_report;

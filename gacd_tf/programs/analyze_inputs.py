@@ -3,9 +3,14 @@ the test split, the targeted attack, JSON output)."""
 
 import os
 
+from gacd_tf.analysis import TargetedCrossEntropy
+from gacd_tf.analysis.tables import model_names
+from gacd_tf.data import load_split
+from gacd_tf.data.datasets import class_names
 from gacd_tf.errors import ConfigError
-from gacd_tf.programs import common
-from gacd_tf.programs.common import FLAGS
+from gacd_tf.models.io import check_model_fits
+from gacd_tf.programs import attack_flags, common
+from gacd_tf.programs.flag_core import FLAGS, arguments_as_flags
 
 
 def require(name, command):
@@ -30,9 +35,6 @@ def int_list(name, values, count=None):
 
 def load_models(paths, info=None, flag="--models"):
     """dict name -> loaded model, checked against the dataset ``info`` when given."""
-    from gacd_tf.analysis.tables import model_names
-    from gacd_tf.models.io import check_model_fits
-
     models = {}
     for name, path in zip(model_names(paths), paths):
         model = common.load_model_from_flags(path, flag)
@@ -43,21 +45,14 @@ def load_models(paths, info=None, flag="--models"):
 
 
 def test_split(dataset=None, data_dir=None):
-    from gacd_tf.data import load_split
-
-    return load_split(dataset or FLAGS.dataset, "test", data_dir or FLAGS.data_dir,
-                      FLAGS.test_examples)
+    with arguments_as_flags(examples="test_examples"):
+        return load_split(dataset or FLAGS.dataset, "test", data_dir or FLAGS.data_dir,
+                          FLAGS.test_examples)
 
 
 def targeted_attack():
-    from gacd_tf.analysis import TargetedCrossEntropy
-    from gacd_tf.attacks import build_attack
-
-    kwargs = dict(eps=FLAGS.eps, norm=FLAGS.norm, seed=FLAGS.seed,
-                  objective=TargetedCrossEntropy())
-    if FLAGS.attack == "pgd":
-        kwargs.update(step_size=FLAGS.step_size, steps=FLAGS.attack_steps)
-    return build_attack(FLAGS.attack, **kwargs)
+    """``--attack`` towards a target class (:class:`TargetedCrossEntropy`)."""
+    return attack_flags.attack_from_flags(objective=TargetedCrossEntropy())
 
 
 def attack_name(attack):
@@ -70,7 +65,5 @@ def write_json(name, obj):
 
 
 def tsne_names(dataset):
-    from gacd_tf.data.datasets import class_names
-
     source, target = int_list("tsne_classes", FLAGS.tsne_classes, count=2)
     return source, target, class_names(dataset, [source, target])

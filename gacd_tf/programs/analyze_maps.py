@@ -1,6 +1,10 @@
 """gacd-analyze correlation and tsne: teacher/student logit-correlation heat maps
 (paper Figures 3-4) and t-SNE maps of features under a targeted attack (Figure 5)."""
 
+from gacd_tf.analysis import correlation_maps, tsne_maps
+from gacd_tf.analysis.tsne import summary
+from gacd_tf.data import make_dataset
+from gacd_tf.data.datasets import class_names
 from gacd_tf.errors import ConfigError
 from gacd_tf.programs import attack_flags
 from gacd_tf.programs.analyze_inputs import (
@@ -12,21 +16,18 @@ from gacd_tf.programs.analyze_inputs import (
     tsne_names,
     write_json,
 )
-from gacd_tf.programs.common import FLAGS
+from gacd_tf.programs.flag_core import FLAGS
 
 
 def correlation_command(run):
     del run  # one device, writes into --output_dir
-    from gacd_tf.analysis import correlation_maps
-    from gacd_tf.data import make_dataset
-    from gacd_tf.data.datasets import class_names
 
     teacher_path = require("teacher", "correlation")
     paths = require("models", "correlation")
     test = test_split()
     teacher = load_models([teacher_path], test.info, "--teacher")
     students = load_models(paths, test.info)
-    attack = attack_flags.eval_attack_from_flags()
+    attack = attack_flags.attack_from_flags()
     summary, _ = correlation_maps(
         next(iter(teacher.values())), students,
         make_dataset(test, FLAGS.batch_size, training=False), attack, FLAGS.output_dir,
@@ -43,8 +44,6 @@ def correlation_command(run):
 
 def tsne_command(run):
     del run  # one device, writes into --output_dir
-    from gacd_tf.analysis import tsne_maps
-    from gacd_tf.analysis.tsne import summary
 
     paths = ([FLAGS.teacher] if FLAGS.teacher else []) + list(FLAGS.models)
     if not paths:

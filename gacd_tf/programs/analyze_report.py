@@ -3,7 +3,14 @@ the correlation maps, t-SNE maps and linear transfer of their models)."""
 
 import os
 
+from gacd_tf.analysis import correlation_maps, load_runs, render_report, tsne_maps
+from gacd_tf.analysis.tables import markdown_table, slug, write_text
+from gacd_tf.analysis.transfer import TRANSFER_COLUMNS
+from gacd_tf.analysis.tsne import summary
+from gacd_tf.data import make_dataset
+from gacd_tf.data.datasets import class_names
 from gacd_tf.errors import ConfigError
+from gacd_tf.models.io import check_model_fits
 from gacd_tf.programs import attack_flags, common
 from gacd_tf.programs.analyze_inputs import (
     attack_name,
@@ -14,14 +21,13 @@ from gacd_tf.programs.analyze_inputs import (
     write_json,
 )
 from gacd_tf.programs.analyze_transfer import transfer
-from gacd_tf.programs.common import FLAGS
+from gacd_tf.programs.flag_core import FLAGS
 
 REPORT_PARTS = ("correlation", "tsne", "transfer")
 
 
 def report_command(run):
     del run  # one device, writes into --output_dir
-    from gacd_tf.analysis import load_runs, render_report
 
     paths = require("runs", "report")
     parts = list(FLAGS.report_parts)
@@ -51,7 +57,6 @@ def report_command(run):
     data_dir = FLAGS.data_dir or runs[0].flags.get("data_dir")
     report, sections, loaded, test = {"runs": [run.row() for run in runs]}, {}, {}, None
     if ("correlation" in parts or "tsne" in parts) and students:
-        from gacd_tf.models.io import check_model_fits
 
         test = test_split(dataset, data_dir)
         for path, name in models.items():
@@ -63,8 +68,6 @@ def report_command(run):
     if "tsne" in parts and students:
         sections["tsne"] = report_tsne(students, models, loaded, test, dataset, report)
     if "transfer" in parts:
-        from gacd_tf.analysis.tables import markdown_table
-        from gacd_tf.analysis.transfer import TRANSFER_COLUMNS
 
         # The runs' data folder serves the transfer task too when it is the same dataset.
         rows, task, attack = transfer(list(models), list(models.values()), FLAGS.output_dir,
@@ -77,7 +80,6 @@ def report_command(run):
     text = render_report(runs, correlation=sections.get("correlation"),
                          tsne=sections.get("tsne"), transfer=sections.get("transfer"),
                          notes=notes)
-    from gacd_tf.analysis.tables import write_text
 
     write_text(os.path.join(FLAGS.output_dir, "report.md"), text)
     report["notes"] = notes
@@ -96,11 +98,8 @@ def unique(name, taken):
 
 
 def report_correlation(students, models, loaded, test, dataset, report):
-    from gacd_tf.analysis import correlation_maps
-    from gacd_tf.data import make_dataset
-    from gacd_tf.data.datasets import class_names
 
-    attack = attack_flags.eval_attack_from_flags()
+    attack = attack_flags.attack_from_flags()
     test_ds = make_dataset(test, FLAGS.batch_size, training=False)
     cache, section = {}, {}
     for run in students:
@@ -118,9 +117,6 @@ def report_correlation(students, models, loaded, test, dataset, report):
 
 
 def report_tsne(students, models, loaded, test, dataset, report):
-    from gacd_tf.analysis import tsne_maps
-    from gacd_tf.analysis.tables import slug
-    from gacd_tf.analysis.tsne import summary
 
     source, target, names = tsne_names(dataset)
     attack = targeted_attack()

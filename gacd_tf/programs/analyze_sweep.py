@@ -3,14 +3,14 @@
 import os
 import shlex
 
+from gacd_tf.analysis import run_sweep
 from gacd_tf.errors import ConfigError
 from gacd_tf.programs.analyze_inputs import require
-from gacd_tf.programs.common import FLAGS
+from gacd_tf.programs.flag_core import FLAGS
 
 
 def sweep_command(run):
     del run  # one device, writes into --output_dir
-    from gacd_tf.analysis import run_sweep
 
     flagfile = require("distill_flagfile", "sweep")
     flag = require("sweep_flag", "sweep").lstrip("-")

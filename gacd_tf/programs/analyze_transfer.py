@@ -7,16 +7,24 @@ reports, the others write to a temporary folder; a killed cluster started again 
 from the chief's last committed checkpoint of the probe).
 """
 
+import glob
+import hashlib
 import json
 import os
 import types
 
+import keras
+import tensorflow as tf
 from absl import logging
 
+from gacd_tf.analysis import linear_transfer, write_transfer
+from gacd_tf.analysis.tables import model_names
+from gacd_tf.attacks import PGD
+from gacd_tf.data import load_split
 from gacd_tf.errors import ConfigError
 from gacd_tf.programs import attack_flags, common, devices
 from gacd_tf.programs.analyze_inputs import int_list, require
-from gacd_tf.programs.common import FLAGS
+from gacd_tf.programs.flag_core import FLAGS, arguments_as_flags
 
 # What a linear probe's training depends on (besides the model file and --classes).
 PROBE_FLAGS = ("dataset", "train_examples", "batch_size", "seed", "epochs", "learning_rate",
@@ -34,17 +42,14 @@ def transfer(paths, names, output_dir, data_dir=None, strategy=None):
 
     ``output_dir`` is this worker's: under --strategy=multi_worker a non-chief
     worker's temporary folder (``devices.this_worker_dir``)."""
-    import keras
-    import tensorflow as tf
-
-    from gacd_tf.analysis import linear_transfer, write_transfer
-    from gacd_tf.attacks import PGD
-    from gacd_tf.data import load_split
 
     classes = int_list("classes", FLAGS.classes) if FLAGS.classes else None
     data_dir = data_dir or FLAGS.data_dir
-    train = load_split(FLAGS.dataset, "train", data_dir, FLAGS.train_examples, classes=classes)
-    test = load_split(FLAGS.dataset, "test", data_dir, FLAGS.test_examples, classes=classes)
+    with arguments_as_flags(examples="train_examples"):
+        train = load_split(FLAGS.dataset, "train", data_dir, FLAGS.train_examples,
+                           classes=classes)
+    with arguments_as_flags(examples="test_examples"):
+        test = load_split(FLAGS.dataset, "test", data_dir, FLAGS.test_examples, classes=classes)
     task = FLAGS.dataset + (f" classes {','.join(map(str, classes))}" if classes else "")
     attack = PGD(eps=FLAGS.eps, step_size=FLAGS.step_size, steps=FLAGS.transfer_attack_steps,
                  norm=FLAGS.norm, seed=FLAGS.seed)
@@ -94,8 +99,6 @@ def check_probe_resume(probe_dir, model_path, classes):
     Under --strategy=multi_worker every worker checks the chief's probe
     folder (the one all resume from) and writes probe.json into its own.
     """
-    import glob
-    import hashlib
 
     with open(model_path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
@@ -118,7 +121,6 @@ def check_probe_resume(probe_dir, model_path, classes):
 
 
 def transfer_command(run):
-    from gacd_tf.analysis.tables import model_names
 
     paths = require("models", "transfer")
     rows, task, _ = transfer(paths, model_names(paths), run.output_dir, strategy=run.strategy)

@@ -1,43 +1,50 @@
 """The evaluation threat model's flags, shared by every program that attacks.
 
-``--attack`` takes any name of the attack registry (``gacd_tf.attacks.ATTACKS``),
-so a new attack is a new file plus one registry line: no list here to edit.
-:func:`eval_attack_from_flags` passes each attack only the flags its
-constructor takes. ``--attack=autoattack`` is the AutoAttack ensemble
-(``--aa_version``, ``--aa_attacks``, ``--aa_seed``); training programs add a
-final AutoAttack evaluation with :func:`define_final_autoattack_flags` and
-:func:`final_autoattack`.
+Every choice comes from the attack registry (:mod:`gacd_tf.attacks.registry`):
+``--attack`` takes any registered attack, ``--norm`` any registered norm,
+``--aa_version`` any AutoAttack version and ``--aa_attacks`` any attack an
+ensemble can run, so a new attack is a new file plus one registry line: no
+list here to edit. :func:`attack_from_flags` is the one way a program builds
+an attack from flags (``gacd-evaluate``, ``gacd-analyze``, and the training
+programs' final AutoAttack, :func:`final_autoattack`); it passes each attack
+only the flags its constructor takes.
 """
 
 import inspect
 import os
 
+import numpy as np
 from absl import flags, logging
 
-from gacd_tf.programs.common import (
+from gacd_tf.attacks.registry import (
+    AA_VERSIONS,
+    ATTACKS,
+    AUTOATTACK,
+    autoattack_names,
+    ensemble_attack_names,
+    norm_names,
+    unsupported_by_norm,
+)
+from gacd_tf.errors import ConfigError
+from gacd_tf.evaluation import autoattack_test_subset
+from gacd_tf.programs import devices
+from gacd_tf.programs.flag_core import (
     FLAGS,
     DEFINE_enum,
     DEFINE_float,
     DEFINE_integer,
     DEFINE_list,
+    arguments_as_flags,
 )
-
-AA_VERSIONS = ("standard", "plus", "rand")
-
-
-def attack_names():
-    from gacd_tf.attacks import ATTACKS
-
-    return ATTACKS.names()
 
 
 def define_attack_flags():
     """The evaluation threat model (SPEC: PGD-20, eps 8/255, step 2/255, l_inf)."""
-    DEFINE_enum("attack", "pgd", attack_names(), "Evaluation attack.")
+    DEFINE_enum("attack", "pgd", ATTACKS.names(), "Evaluation attack.")
     DEFINE_integer("attack_steps", 20, "Evaluation PGD steps.", lower_bound=0)
     DEFINE_float("eps", 8 / 255, "Attack radius in [0,1] pixel units.", lower_bound=0.0)
     DEFINE_float("step_size", 2 / 255, "PGD step size.", lower_bound=0.0)
-    DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat-model norm.")
+    DEFINE_enum("norm", "linf", norm_names(), "Threat-model norm.")
     flags.register_validator(
         "step_size", lambda v: v > 0, message="--step_size must be > 0")
     DEFINE_integer("restarts", 1, "Evaluation PGD random starts; an example is robust only if "
@@ -52,7 +59,7 @@ def define_attack_flags():
                    "(recorded in the results).")
     flags.register_validator("aa_attacks", _check_aa_attacks)
     check_one_step_fits("step_size", "attack_steps", attack_flag="attack")
-    _check_autoattack_norm(["attack"], lambda values: values["attack"] == "autoattack")
+    _check_autoattack_norm(["attack"], lambda values: values["attack"] == AUTOATTACK)
 
 
 def _check_autoattack_norm(extra, used):
@@ -65,14 +72,8 @@ def _check_autoattack_norm(extra, used):
     def check(values):
         if values["norm"] != "l2" or not used(values):
             return True
-        from gacd_tf.attacks.autoattack import VERSIONS
-
-        names = values["aa_attacks"] or VERSIONS[values["aa_version"]]["attacks"]
-        from gacd_tf.attacks import ATTACKS
-
-        # An attack lists the norms it implements in NORMS (default: both).
-        bad = [name for name in names
-               if "l2" not in getattr(ATTACKS.get(name), "NORMS", ("linf", "l2"))]
+        names = autoattack_names(values["aa_version"], values["aa_attacks"])
+        bad = unsupported_by_norm(names, "l2")
         if not bad:
             return True
         keep = [name for name in names if name not in bad] or ["apgd-ce", "apgd-t"]
@@ -85,8 +86,6 @@ def _check_autoattack_norm(extra, used):
 
 
 def _check_aa_attacks(names):
-    from gacd_tf.attacks.autoattack import ensemble_attack_names
-
     valid = ensemble_attack_names()
     unknown = [name for name in names if name not in valid]
     if unknown:
@@ -127,25 +126,34 @@ ATTACK_ARGUMENT_FLAGS = {"eps": "eps", "norm": "norm", "seed": "seed",
                          "step_size": "step_size", "steps": "attack_steps",
                          "restarts": "restarts"}
 # What differs for one attack (the ensemble has its own seed flag).
-ATTACK_ARGUMENT_FLAGS_OF = {"autoattack": {"seed": "aa_seed", "version": "aa_version",
-                                           "attacks": "aa_attacks"}}
+ATTACK_ARGUMENT_FLAGS_OF = {AUTOATTACK: {"seed": "aa_seed", "version": "aa_version",
+                                         "attacks": "aa_attacks"}}
 
 
-def eval_attack_from_flags():
-    """The ``--attack`` of the registry, given the flags its constructor accepts."""
-    from gacd_tf.attacks import ATTACKS
+def attack_from_flags(name=None, **overrides):
+    """The attack ``name`` (default ``--attack``) of the registry, given the flags
+    its constructor accepts, then ``overrides`` (e.g. a targeted objective).
 
-    cls = ATTACKS.get(FLAGS.attack)
+    Raises:
+        ConfigError: an override the attack does not take, named with ``--attack``.
+    """
+    name = name or FLAGS.attack
+    cls = ATTACKS.get(name)
     accepted = inspect.signature(cls).parameters
-    arguments = dict(ATTACK_ARGUMENT_FLAGS, **ATTACK_ARGUMENT_FLAGS_OF.get(FLAGS.attack, {}))
+    arguments = dict(ATTACK_ARGUMENT_FLAGS, **ATTACK_ARGUMENT_FLAGS_OF.get(name, {}))
     kwargs = {arg: FLAGS[flag].value for arg, flag in arguments.items()
               if arg in accepted and flag in FLAGS}
-    if FLAGS.attack == "autoattack":
+    if name == AUTOATTACK:
         kwargs["attacks"] = list(kwargs.get("attacks") or []) or None
         if "pgd" in (kwargs["attacks"] or []):  # PGD in the ensemble: the PGD flags
             kwargs["attack_settings"] = {"pgd": {
                 "steps": FLAGS.attack_steps, "step_size": FLAGS.step_size,
                 "restarts": FLAGS.restarts}}
+    refused = sorted(set(overrides) - set(accepted))
+    if refused:
+        raise ConfigError(f"--attack={name} takes no {', '.join(refused)}; choose an attack "
+                          "that does (e.g. --attack=pgd)")
+    kwargs.update(overrides)
     return cls(**kwargs)
 
 
@@ -155,10 +163,6 @@ EXAMPLE_ARRAYS = ("x_adv", "robust", "clean_correct", "labels", "predictions")
 
 def save_adversarial(path, result):
     """Writes an evaluation's adversarial examples and per-example flags to ``path`` (.npz)."""
-    import os
-
-    import numpy as np
-
     arrays = {key: result[key] for key in EXAMPLE_ARRAYS if key in result}
     folder, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
@@ -204,34 +208,16 @@ def final_autoattack(model, dataset_name, data_dir, batch_size, classes=None, ve
     """
     if "final_autoattack_examples" not in FLAGS or not FLAGS.final_autoattack_examples:
         return None
-    from gacd_tf.attacks import AutoAttack
-    from gacd_tf.attacks.autoattack import json_result
-    from gacd_tf.data import balanced_subset_indices, load_split
-    from gacd_tf.errors import DataError
-
-    wanted = FLAGS.final_autoattack_examples
-    test = load_split(dataset_name, "test", data_dir, classes=classes)
-    if wanted < len(test.labels):
-        try:
-            keep = balanced_subset_indices(test.labels, wanted, test.info.num_classes)
-        except DataError as err:
-            raise DataError(f"--final_autoattack_examples={wanted}: {err}") from None
-        images, labels = test.images[keep], test.labels[keep]
-    else:
-        images, labels = test.images, test.labels
-    seed = FLAGS.aa_seed if "aa_seed" in FLAGS else FLAGS.seed
-    from gacd_tf.programs.devices import is_chief
-
-    chief = is_chief()  # other workers of --strategy=multi_worker evaluate quietly
+    chief = devices.is_chief()  # other workers of --strategy=multi_worker evaluate quietly
     if verbose is None:
         verbose = (1 if "verbose" in FLAGS and FLAGS.verbose == 1 else 2) if chief else 0
-    attack = AutoAttack(version=FLAGS.aa_version, attacks=FLAGS.aa_attacks or None,
-                        eps=FLAGS.eps, norm=FLAGS.norm, seed=seed, verbose=verbose)
-    logging.info("AutoAttack of the final model on %d test examples", len(labels))
-    if progress_file:
-        os.makedirs(os.path.dirname(os.path.abspath(progress_file)), exist_ok=True)
-    result = json_result(attack.run(model, images, labels, batch_size=batch_size,
-                                    progress_file=progress_file))
+    attack = attack_from_flags(AUTOATTACK, verbose=verbose)
+    logging.info("AutoAttack of the final model on at most %d test examples",
+                 FLAGS.final_autoattack_examples)
+    with arguments_as_flags(examples="final_autoattack_examples"):
+        result = autoattack_test_subset(model, attack, dataset_name, data_dir,
+                                        FLAGS.final_autoattack_examples, batch_size,
+                                        classes=classes, progress_file=progress_file)
     if chief:
         print(f"autoattack: natural_accuracy={result['natural_accuracy']:.4f} "
               f"robust_accuracy={result['robust_accuracy']:.4f} ({result['num_examples']} "

@@ -4,16 +4,24 @@
 selection and controls"); the test split only serves the final report.
 """
 
+import dataclasses
 import os
+import types
 
 from absl import logging
 
-from gacd_tf.programs.common import FLAGS, DEFINE_enum, DEFINE_integer, DEFINE_string
+from gacd_tf.data import holdout_indices, load_split, make_dataset
+from gacd_tf.data.datasets import DATASETS
+from gacd_tf.programs.flag_core import (
+    FLAGS,
+    DEFINE_enum,
+    DEFINE_integer,
+    DEFINE_string,
+    arguments_as_flags,
+)
 
 
 def define_data_flags(train=True):
-    from gacd_tf.data.datasets import DATASETS
-
     DEFINE_enum("dataset", "cifar10", DATASETS.names(), "Dataset name.")
     DEFINE_string(
         "data_dir", os.environ.get("GACD_DATA_DIR") or None,
@@ -36,65 +44,11 @@ def define_validation_flags(default, use):
                    lower_bound=0)
 
 
-def holdout_indices(labels, num_classes, val_examples, train_examples=None):
-    """Splits a training split into disjoint training and validation indices.
-
-    Validation (SPEC "Model selection and controls"): a deterministic,
-    class-balanced set of ``val_examples`` taken from the *end* of each class
-    (its last examples in file order). Training: the rest, or a class-balanced
-    subset of ``train_examples`` of the rest (each class's first examples),
-    so with room to spare a ``--train_examples`` subset is the same with or
-    without validation.
-
-    Args:
-        labels: int labels [N] of the whole training split.
-        num_classes: C.
-        val_examples: validation size (0: none).
-        train_examples: training size (None: everything not held out).
-
-    Returns:
-        ``(train_indices, val_indices)``: sorted, disjoint int64 arrays.
-
-    Raises:
-        DataError: naming ``--val_examples`` / ``--train_examples`` when the
-            split cannot hold both.
-    """
-    import numpy as np
-
-    from gacd_tf.data import balanced_subset_indices
-    from gacd_tf.errors import DataError
-
-    labels = np.asarray(labels)
-    size = len(labels)
-    held = np.zeros(size, dtype=bool)
-    if val_examples:
-        if val_examples >= size:
-            raise DataError(f"--val_examples={val_examples} leaves no training examples: the "
-                            f"train split holds {size}; ask for fewer")
-        try:
-            from_end = balanced_subset_indices(labels[::-1], val_examples, num_classes)
-        except DataError as err:
-            raise DataError(f"--val_examples={val_examples}: {err}") from None
-        held[size - 1 - from_end] = True
-    pool = np.flatnonzero(~held)
-    train = pool
-    if train_examples is not None:
-        if train_examples > len(pool):
-            held_out = f", {val_examples} of them held out by --val_examples" if val_examples else ""
-            raise DataError(f"--train_examples={train_examples} is out of range: the train split "
-                            f"holds {size} examples{held_out}; ask for 1 to {len(pool)}")
-        try:
-            train = pool[balanced_subset_indices(labels[pool], train_examples, num_classes)]
-        except DataError as err:
-            raise DataError(f"--train_examples={train_examples}: {err}") from None
-    return np.sort(train), np.flatnonzero(held)
-
-
 def load_data_from_flags():
     """Train, validation and test data and their pipelines, as the data flags ask.
 
     ``--val_examples`` (when the program has it) are held out of the
-    *training* split (:func:`holdout_indices`): never trained on, they feed
+    *training* split (:func:`gacd_tf.data.holdout_indices`): never trained on, they feed
     the per-epoch validation (``val_*`` logs, ``best.keras``); the test split
     serves only the final report.
 
@@ -103,11 +57,6 @@ def load_data_from_flags():
     training batches come from :func:`fit_phase`. A sample's index (the GACD
     memory-bank row) is its position in ``train``.
     """
-    import dataclasses
-    import types
-
-    from gacd_tf.data import load_split, make_dataset
-
     whole = load_split(FLAGS.dataset, "train", FLAGS.data_dir)
     val_examples = FLAGS.val_examples if "val_examples" in FLAGS else 0
     train_idx, val_idx = holdout_indices(whole.labels, whole.info.num_classes, val_examples,
@@ -121,7 +70,8 @@ def load_data_from_flags():
         val = dataclasses.replace(whole, images=whole.images[val_idx],
                                   labels=whole.labels[val_idx])
     del whole
-    test = load_split(FLAGS.dataset, "test", FLAGS.data_dir, FLAGS.test_examples)
+    with arguments_as_flags(examples="test_examples"):
+        test = load_split(FLAGS.dataset, "test", FLAGS.data_dir, FLAGS.test_examples)
     logging.info("%s: %d training, %d validation (held out of the training split), %d test "
                  "examples", train.info.name, len(train.labels), len(val_idx), len(test.labels))
     return types.SimpleNamespace(

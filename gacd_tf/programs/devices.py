@@ -6,18 +6,22 @@ only the chief writes into ``--model_dir`` (:func:`is_chief`,
 :func:`worker_output_dir`).
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
+import keras
+import tensorflow as tf
 from absl import flags, logging
 
 from gacd_tf.errors import ConfigError
-from gacd_tf.programs.common import FLAGS, DEFINE_bool, DEFINE_enum, DEFINE_integer
+from gacd_tf.programs import flag_core
+from gacd_tf.programs.flag_core import FLAGS, DEFINE_bool, DEFINE_enum, DEFINE_integer
+from gacd_tf.training import STRATEGIES, is_chief_from_tf_config, make_strategy
 
 
 def define_distribute_flags():
-    from gacd_tf.distribute import STRATEGIES
-
     DEFINE_enum("strategy", "default", list(STRATEGIES),
                 "tf.distribute strategy: one device, all local GPUs (or --cpu_devices "
                 "logical CPUs) mirrored, or several workers (TF_CONFIG).")
@@ -49,19 +53,16 @@ PRECISION_POLICIES = {"off": "float32", "float16": "mixed_float16",
 
 def setup_precision():
     """Sets the global Keras dtype policy of ``--mixed_precision`` (before building models)."""
-    import keras
-
     if "mixed_precision" in FLAGS:
         keras.mixed_precision.set_global_policy(PRECISION_POLICIES[FLAGS.mixed_precision])
 
 
 def strategy_from_flags():
     """The strategy of ``--strategy``; call before any TensorFlow op."""
-    from gacd_tf.distribute import make_strategy
-
     # --strategy=multi_worker: TF_CONFIG names the cluster; fit_phase trains with
     # the library's multi-worker loop (Keras 3's fit cannot run there).
-    strategy = make_strategy(FLAGS.strategy, FLAGS.cpu_devices)
+    with flag_core.arguments_as_flags(cpu_devices="cpu_devices"):
+        strategy = make_strategy(FLAGS.strategy, FLAGS.cpu_devices)
     replicas = strategy.num_replicas_in_sync
     if FLAGS.batch_size % replicas:
         raise ConfigError(
@@ -77,8 +78,6 @@ _CHIEF_DIRS = {}  # a non-chief worker's temporary output folder -> the run's --
 
 def is_multi_worker(strategy):
     """True for a ``MultiWorkerMirroredStrategy``."""
-    import tensorflow as tf
-
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
@@ -89,8 +88,6 @@ def is_chief():
     files; the others write theirs to a temporary folder
     (:func:`worker_output_dir`), as Keras' ``BackupAndRestore`` does.
     """
-    from gacd_tf.distribute_loop import is_chief_from_tf_config
-
     if "strategy" not in FLAGS or FLAGS.strategy != "multi_worker":
         return True
     return is_chief_from_tf_config()
@@ -104,9 +101,6 @@ def worker_output_dir(model_dir):
     process ends. :func:`chief_dir` maps it back (checkpoints are resumed from
     the chief's).
     """
-    import atexit
-    import shutil
-
     temporary = tempfile.mkdtemp(prefix="gacd-worker-")
     atexit.register(shutil.rmtree, temporary, ignore_errors=True)
     _CHIEF_DIRS[temporary] = model_dir
@@ -122,8 +116,6 @@ def this_worker_dir(model_dir):
     """
     if is_chief():
         return model_dir
-    import keras
-
     logging.set_verbosity(logging.WARNING)  # progress and logs come from the chief
     keras.utils.disable_interactive_logging()
     return worker_output_dir(model_dir)

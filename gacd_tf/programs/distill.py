@@ -1,5 +1,5 @@
 """gacd-distill: distil a robust teacher into a student (any method of the
-``gacd_tf.trainers.METHODS`` registry: KD, ARD, GACD, ...), then
+``gacd_tf.methods.METHODS`` registry: KD, ARD, GACD, ...), then
 optionally adversarially fine-tune it (AFT). ``--method=natural`` trains the
 student by plain cross-entropy with no teacher (the natural+AFT control).
 
@@ -32,8 +32,13 @@ import json  # noqa: E402
 
 from absl import flags, logging  # noqa: E402
 
+from gacd_tf.data import get_dataset_info  # noqa: E402
+from gacd_tf.evaluation import evaluate_robustness  # noqa: E402
+from gacd_tf.methods import METHODS, AdversarialTrainer  # noqa: E402
+from gacd_tf.models.io import check_model_fits, weights_digest  # noqa: E402
 from gacd_tf.programs import attack_flags, common, data_flags, devices, method_flags  # noqa: E402
-from gacd_tf.programs.common import FLAGS  # noqa: E402
+from gacd_tf.programs.flag_core import FLAGS  # noqa: E402
+from gacd_tf.training.atomic_files import save_model_atomic  # noqa: E402
 
 
 def define_flags():
@@ -72,7 +77,7 @@ def register_teacher_validator():
     """--teacher is required unless --method needs none (exactly absl's "required" error)."""
 
     def check(teacher):
-        cls = method_flags.methods().get(FLAGS["method"].value)
+        cls = METHODS.get(FLAGS["method"].value)
         return teacher is not None or not cls.NEEDS_TEACHER
 
     flags.register_validator("teacher", check,
@@ -81,11 +86,6 @@ def register_teacher_validator():
 
 def main(argv):
     del argv
-    from gacd_tf.data import get_dataset_info
-    from gacd_tf.evaluation import evaluate_robustness
-    from gacd_tf.models.io import check_model_fits, weights_digest
-    from gacd_tf.trainers import AdversarialTrainer
-    from gacd_tf.trainers.checkpoint import save_model_atomic
 
     run = common.start_training_run()
     if run is None:
@@ -121,9 +121,7 @@ def main(argv):
                            "was resumed, was the --teacher file replaced?")
 
     result = {}
-    if hasattr(trainer, "bank_cross_class_cosines"):  # GACD: its banks after distillation
-        result.update({name: round(float(value), 6)
-                       for name, value in trainer.bank_cross_class_cosines().items()})
+    result.update(trainer.extra_results())  # e.g. GACD: its banks after distillation
     if FLAGS.aft_epochs:
         # The distilled student's evaluation is kept, so a resumed AFT skips it.
         before_path = os.path.join(common.checkpoint_dir(model_dir, "aft"), "before_aft.json")
@@ -134,7 +132,7 @@ def main(argv):
             save_model_atomic(student, os.path.join(model_dir, "distilled.keras"))
             logging.info("evaluating the distilled student before AFT")
             result["before_aft"] = evaluate_robustness(
-                student, test_ds, attack_flags.eval_attack_from_flags(), verbose=FLAGS.verbose)
+                student, test_ds, attack_flags.attack_from_flags(), verbose=FLAGS.verbose)
             autoattack = attack_flags.final_autoattack(
                 student, info.name, FLAGS.data_dir, FLAGS.batch_size,
                 progress_file=os.path.join(os.path.dirname(before_path), "autoattack_before.npz"))
@@ -155,7 +153,7 @@ def main(argv):
     logging.info("evaluating %s on %d test examples", model_path, len(data.test.labels))
     # A fresh attack (same seed) per evaluation: a run resumed after the
     # before-AFT evaluation reports exactly what an uninterrupted one does.
-    result.update(evaluate_robustness(student, test_ds, attack_flags.eval_attack_from_flags(),
+    result.update(evaluate_robustness(student, test_ds, attack_flags.attack_from_flags(),
                                       verbose=FLAGS.verbose))
     autoattack = attack_flags.final_autoattack(
         student, info.name, FLAGS.data_dir, FLAGS.batch_size,

@@ -19,8 +19,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
+from gacd_tf.data import load_split, make_dataset  # noqa: E402
+from gacd_tf.evaluation import evaluate_robustness  # noqa: E402
+from gacd_tf.models.io import check_model_fits  # noqa: E402
 from gacd_tf.programs import attack_flags, common, data_flags  # noqa: E402
-from gacd_tf.programs.common import FLAGS  # noqa: E402
+from gacd_tf.programs.flag_core import FLAGS  # noqa: E402
 
 
 def define_flags():
@@ -45,19 +48,17 @@ def define_flags():
 
 def main(argv):
     del argv
-    from gacd_tf.data import load_split, make_dataset
-    from gacd_tf.evaluation import evaluate_robustness
-    from gacd_tf.models.io import check_model_fits
 
     common.setup_runtime(FLAGS.seed)
     model = common.load_model_from_flags(FLAGS.model, "--model", saved_model=True)
-    test = load_split(FLAGS.dataset, "test", FLAGS.data_dir, FLAGS.test_examples)
+    with common.arguments_as_flags(examples="test_examples"):
+        test = load_split(FLAGS.dataset, "test", FLAGS.data_dir, FLAGS.test_examples)
     check_model_fits(model, test.info, source=FLAGS.model)
     for flag in ("output", "save_adversarial", "progress_file"):
         if FLAGS[flag].value:
             common.prepare_output_dir(os.path.dirname(os.path.abspath(FLAGS[flag].value)),
                                       f"the folder of --{flag}")
-    attack = attack_flags.eval_attack_from_flags()
+    attack = attack_flags.attack_from_flags()
     # AutoAttack prints its per-attack lines even without progress bars.
     verbose = FLAGS.verbose or (2 if FLAGS.attack == "autoattack" else 0)
     progress_file = FLAGS.progress_file or (f"{FLAGS.output}.progress.npz" if FLAGS.output

@@ -16,7 +16,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags  # noqa: E402
 
 from gacd_tf.programs import common  # noqa: E402
-from gacd_tf.programs.common import FLAGS  # noqa: E402
+from gacd_tf.programs.flag_core import FLAGS  # noqa: E402
+from gacd_tf.errors import ConfigError  # noqa: E402
+from gacd_tf.serving import export_onnx, export_saved_model  # noqa: E402
 
 
 def define_flags():
@@ -35,11 +37,17 @@ def define_flags():
 
 def main(argv):
     del argv
-    from gacd_tf.serving import export_onnx, export_saved_model
 
     model = common.load_model_from_flags(FLAGS.model, "--model")
     export = export_onnx if FLAGS.format == "onnx" else export_saved_model
-    path = export(model, FLAGS.export_dir, version=FLAGS.version, overwrite=FLAGS.overwrite)
+    try:
+        path = export(model, FLAGS.export_dir, version=FLAGS.version, overwrite=FLAGS.overwrite)
+    except ConfigError as err:
+        if getattr(err, "target", None) is None:
+            raise
+        raise ConfigError(f"version folder {err.target} already exists; pass another "
+                          "--version, leave --version out for the next free one, or pass "
+                          "--overwrite to replace it") from None
     print(path)
 
 

@@ -1,24 +1,21 @@
 """gacd-distill's method flags, built from the method registry's declarations.
 
-Every registered method (``gacd_tf.trainers.METHODS``) declares its settings;
+Every registered method (``gacd_tf.methods.METHODS``) declares its settings;
 each becomes a flag of the same name, with its help, default and range, so a
 new method brings its flags with it. :func:`method_from_flags` builds the
 chosen method's trainer and translates a library setting error into its flag.
 """
 
+from gacd_tf.errors import ConfigError
+from gacd_tf.methods import METHODS, MethodContext
 from gacd_tf.programs import attack_flags, common
-from gacd_tf.programs.common import FLAGS
-
-
-def methods():
-    from gacd_tf.trainers import METHODS
-
-    return METHODS
+from gacd_tf.programs.flag_core import FLAGS
+from gacd_tf.settings import SettingError
 
 
 def define_method_flags():
     """``--method``, ``--reweight`` and every registered method's settings."""
-    registry = methods()
+    registry = METHODS
     common.DEFINE_enum("method", "gacd", registry.names(), "Distillation method.")
     on = [n for n in registry.names() if registry.get(n).REWEIGHT is True]
     off = [n for n in registry.names() if registry.get(n).REWEIGHT is False]
@@ -58,30 +55,26 @@ def _define(setting):
 
 
 def method_class():
-    return methods().get(FLAGS.method)
+    return METHODS.get(FLAGS.method)
 
 
-def context_from_flags(train_labels=None):
-    """The :class:`gacd_tf.trainers.MethodContext` of the flags (its ``attack()`` is
+def context_from_flags():
+    """The :class:`gacd_tf.methods.MethodContext` of the flags (its ``attack()`` is
     the training PGD of ARD, AFT and the peer methods)."""
-    from gacd_tf.trainers import MethodContext
-
     return MethodContext(
-        train_labels=train_labels, seed=FLAGS.seed, weight_decay=FLAGS.weight_decay,
+        seed=FLAGS.seed, weight_decay=FLAGS.weight_decay,
         eps=FLAGS.eps, norm=FLAGS.norm, step_size=FLAGS.step_size,
         train_attack_steps=FLAGS.train_attack_steps, train_step_size=FLAGS.train_step_size,
         reweight=FLAGS.reweight)
 
 
 def method_from_flags(student, teacher, train_labels):
-    """``(trainer, settings record)`` of ``--method`` from the flags."""
-    from gacd_tf.errors import ConfigError
-    from gacd_tf.settings import SettingError
-
+    """``(trainer, settings record)`` of ``--method`` from the flags (a setting's
+    flag has the setting's name)."""
     cls = method_class()
-    context = context_from_flags(train_labels)
     values = {s.name: FLAGS[s.name].value for s in cls.SETTINGS}
     try:
-        return cls.from_settings(student, teacher, values, context)
+        return cls.from_settings(student, teacher, values, context_from_flags(),
+                                 train_labels=train_labels)
     except SettingError as err:
         raise ConfigError(f"--{err.setting.name}={err.value}: {err.problem}") from None

@@ -4,7 +4,7 @@ accuracy per method.
 
     gacd-reproduce --grid=flags/reproduce/cpu.cfg --output_dir=runs/cpu [--data_dir=DIR]
 
-The grid is a small INI file (see flags/reproduce/*.cfg and the README)::
+The grid is a small INI file (see flags/reproduce/*.cfg and docs/results.md)::
 
     [grid]
     seeds = 0, 1, 2
@@ -55,9 +55,11 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
+from gacd_tf.analysis import plots  # noqa: E402
+from gacd_tf.analysis.tables import csv_text, markdown_table, slug, write_text  # noqa: E402
 from gacd_tf.errors import ConfigError, TrainingError  # noqa: E402
 from gacd_tf.programs import common  # noqa: E402
-from gacd_tf.programs.common import FLAGS  # noqa: E402
+from gacd_tf.programs.flag_core import FLAGS  # noqa: E402
 
 BEFORE_AFT = "before_aft of "
 LEDGER = "runs.json"  # wall seconds of every run, across invocations
@@ -204,7 +206,6 @@ def _check_file(grid_path, title, path):
 
 
 def _slug(text):
-    from gacd_tf.analysis.tables import slug
 
     return slug(text.replace("+", "_plus_")).lower()
 
@@ -272,7 +273,6 @@ def planned_runs(grid, output_dir, data_dir=None):
 # ----------------------------------------------------------------------------- running
 def _write_json(path, obj):
     # Atomic, and without importing TensorFlow (this process only runs others).
-    from gacd_tf.analysis.tables import write_text
 
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
@@ -488,7 +488,6 @@ def _pm(mean, std, digits=4):
 
 def markdown(results):
     """results.md: the table (mean ± sample std over seeds) and the collapse detector."""
-    from gacd_tf.analysis.tables import markdown_table
 
     rows = results["rows"]
     aa = any(r["autoattack_mean"] is not None for r in rows)
@@ -552,8 +551,6 @@ def markdown(results):
 
 def write_results(results, output_dir):
     """results.json, results.csv, results.md and results.png into ``output_dir``."""
-    from gacd_tf.analysis import plots
-    from gacd_tf.analysis.tables import csv_text, write_text
 
     _write_json(os.path.join(output_dir, "results.json"), results)
     write_text(os.path.join(output_dir, "results.csv"), csv_text(results["rows"],

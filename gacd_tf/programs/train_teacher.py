@@ -19,8 +19,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags, logging  # noqa: E402
 
+from gacd_tf.attacks import PGD  # noqa: E402
+from gacd_tf.evaluation import evaluate_robustness  # noqa: E402
+from gacd_tf.methods import AdversarialTrainer  # noqa: E402
 from gacd_tf.programs import attack_flags, common, data_flags, devices  # noqa: E402
-from gacd_tf.programs.common import FLAGS  # noqa: E402
+from gacd_tf.programs.flag_core import FLAGS  # noqa: E402
 
 
 def define_flags():
@@ -48,9 +51,6 @@ def define_flags():
 
 def main(argv):
     del argv
-    from gacd_tf.attacks import PGD
-    from gacd_tf.evaluation import evaluate_robustness
-    from gacd_tf.trainers import AdversarialTrainer
 
     run = common.start_training_run()
     if run is None:
@@ -72,7 +72,7 @@ def main(argv):
                               os.path.join(model_dir, "best.keras") if data.val_ds else None)
 
     logging.info("evaluating %s on %d test examples", model_path, len(data.test.labels))
-    result = evaluate_robustness(model, data.test_ds, attack_flags.eval_attack_from_flags(),
+    result = evaluate_robustness(model, data.test_ds, attack_flags.attack_from_flags(),
                                  verbose=FLAGS.verbose)
     result.update(dataset=data.info.name, split="test", arch=FLAGS.arch, model="model.keras",
                   train_seconds=resume["train_seconds"], resumed_from=resume["resumed_from"],

@@ -25,7 +25,7 @@ Example:
 
 from gacd_tf.serving.export_onnx import export_onnx
 from gacd_tf.serving.export_saved_model import export_saved_model
-from gacd_tf.serving.load_saved_model import load_saved_model
+from gacd_tf.serving.load_saved_model import load_classifier, load_saved_model
 from gacd_tf.serving.served_model import ServedModel
 from gacd_tf.serving.serving_module import ServingModule
 from gacd_tf.serving.versions import existing_versions
@@ -37,6 +37,7 @@ __all__ = [
     "existing_versions",
     "export_onnx",
     "export_saved_model",
+    "load_classifier",
     "load_saved_model",
     "write_version",
 ]

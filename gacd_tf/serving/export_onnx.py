@@ -18,7 +18,7 @@ def _converter():
         import tf2onnx
     except ImportError as err:
         raise ConfigError(
-            f"--format=onnx needs tf2onnx and onnx ({err.name} is not installed); "
+            f"ONNX export needs tf2onnx and onnx ({err.name} is not installed); "
             "pip install 'gacd_tf[onnx]'") from None
     return tf2onnx
 

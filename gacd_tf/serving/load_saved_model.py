@@ -5,6 +5,7 @@ import os
 import tensorflow as tf
 
 from gacd_tf.errors import ModelError
+from gacd_tf.models.io import load_model
 from gacd_tf.serving.served_model import ServedModel
 from gacd_tf.serving.versions import existing_versions
 
@@ -58,3 +59,23 @@ def load_saved_model(path):
                          "corrupt or not a SavedModel: pass a folder gacd-export wrote, or "
                          "export the model again") from err
     return ServedModel(loaded, folder)
+
+
+def load_classifier(path, safe_mode=True):
+    """A classifier from a ``.keras`` file or from a SavedModel folder gacd-export wrote.
+
+    Args:
+        path: a ``.keras`` file (:func:`gacd_tf.models.io.load_model`), or a
+            SavedModel version folder ``BASE/NAME/N`` or base path
+            ``BASE/NAME`` (its highest version), returned as a
+            :class:`ServedModel`: callable ``model(x, training=False) ->
+            logits`` with ``input_shape`` and ``output_shape``, gradients flow
+            through it; not a keras.Model.
+        safe_mode: for ``.keras`` files (see ``load_model``).
+
+    Raises:
+        ModelError: a path that is neither, with what to pass.
+    """
+    if os.path.isdir(os.fspath(path)):
+        return load_saved_model(path)
+    return load_model(path, safe_mode=safe_mode, saved_model=True)

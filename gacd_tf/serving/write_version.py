@@ -12,21 +12,25 @@ TMP_PREFIX = ".tmp-export-"  # not an integer: TF Serving ignores it
 
 def _check_export_dir(export_dir):
     if not export_dir:
-        raise ConfigError("--export_dir is required: the model base path BASE/NAME")
+        raise ConfigError("export_dir is required: the model base path BASE/NAME")
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
-        raise ConfigError(f"--export_dir={export_dir} is a file; pass a folder BASE/NAME")
+        raise ConfigError(f"export_dir={export_dir} is a file; pass a folder BASE/NAME"
+                          ).on("export_dir")
     try:
         os.makedirs(export_dir, exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"--export_dir={export_dir} cannot be created ({err.strerror}); "
-                          "choose another folder") from err
+        raise ConfigError(f"export_dir={export_dir} cannot be created ({err.strerror}); "
+                          "choose another folder").on("export_dir") from err
     if not os.access(export_dir, os.W_OK | os.X_OK):
-        raise ConfigError(f"--export_dir={export_dir} is not writable; choose another folder")
+        raise ConfigError(f"export_dir={export_dir} is not writable; choose another folder"
+                          ).on("export_dir")
 
 
-def _exists_message(target):
-    return (f"version folder {target} already exists; pass another --version, leave "
-            "--version out for the next free one, or pass --overwrite to replace it")
+def _exists_error(target):
+    err = ConfigError(f"version folder {target} already exists; pass another version, "
+                      "version=None for the next free one, or overwrite=True to replace it")
+    err.target = target  # for a program to re-word in its flags
+    return err.on("version")
 
 
 def write_version(export_dir, write, version=None, overwrite=False):
@@ -66,17 +70,17 @@ def write_version(export_dir, write, version=None, overwrite=False):
         versions = existing_versions(export_dir)
         version = versions[-1] + 1 if versions else 1
     elif isinstance(version, bool) or int(version) != version or version < 0:
-        raise ConfigError(f"--version={version} must be an integer >= 0")
+        raise ConfigError(f"version={version} must be an integer >= 0").on("version")
     target = os.path.join(export_dir, str(int(version)))
     if os.path.lexists(target) and not overwrite:
-        raise ConfigError(_exists_message(target))
+        raise _exists_error(target)
     tmp = tempfile.mkdtemp(dir=export_dir, prefix=TMP_PREFIX)
     old = None
     try:
         write(tmp)
         if os.path.lexists(target):
             if not overwrite:
-                raise ConfigError(_exists_message(target))
+                raise _exists_error(target)
             old = tempfile.mkdtemp(dir=export_dir, prefix=TMP_PREFIX + "old-")
             old = os.path.join(old, "previous")
             os.rename(target, old)

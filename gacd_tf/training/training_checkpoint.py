@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gacd_tf.trainers.checkpoint import atomic_write, save_model_atomic, write_json_atomic
+from gacd_tf.training.atomic_files import atomic_write, save_model_atomic, write_json_atomic
 
 STATE_FILE = "state.json"
 SEED_GENERATOR = keras.random.SeedGenerator
@@ -103,7 +103,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     A NaN or Inf training loss (or non-finite weights about to be saved)
     stops training at once, saves nothing more, and records the fault in
-    ``failure``; :func:`gacd_tf.trainers.fit_resumable` turns it into an
+    ``failure``; :func:`gacd_tf.training.fit_resumable` turns it into an
     error naming the last good checkpoint.
 
     Steps are counted by the optimizer's ``iterations``, so the optimizer

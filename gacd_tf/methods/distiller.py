@@ -4,8 +4,8 @@ import tensorflow as tf
 
 from gacd_tf.errors import ModelError
 from gacd_tf.models.io import check_outputs_are_logits
-from gacd_tf.trainers.methods import MethodDeclaration
-from gacd_tf.trainers.robust_trainer import RobustTrainer
+from gacd_tf.methods.registry import MethodDeclaration
+from gacd_tf.methods.robust_trainer import RobustTrainer
 
 
 def check_teacher_fits_student(student, teacher):

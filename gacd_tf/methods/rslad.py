@@ -11,10 +11,10 @@ from gacd_tf.attacks import GaussianStartPGD, KLDivergence
 from gacd_tf.errors import ConfigError
 from gacd_tf.losses import distillation_kl
 from gacd_tf.settings import Setting
-from gacd_tf.trainers.common import unpack_batch
-from gacd_tf.trainers.distiller import Distiller
-from gacd_tf.trainers.methods import METHODS
-from gacd_tf.trainers.robust_trainer import accuracy
+from gacd_tf.methods.common import unpack_batch
+from gacd_tf.methods.distiller import Distiller
+from gacd_tf.methods.registry import METHODS
+from gacd_tf.methods.robust_trainer import accuracy
 
 RSLAD_KL_REDUCTIONS = ("official", "batchmean")
 # The official code's KL is the textbook one divided by 10 on both datasets
@@ -129,13 +129,13 @@ class RSLADDistiller(Distiller):
         student, teacher: the networks (teacher frozen).
         attack: the inner attack (default :class:`RSLADAttack`, PGD-10); it is
             called with the teacher's natural probabilities as target.
-        alpha: a, the weight of the adversarial term (5/6).
-        kl_reduction: "official" (x0.1) or "batchmean".
+        rslad_alpha: a, the weight of the adversarial term (5/6).
+        rslad_kl_reduction: "official" (x0.1) or "batchmean".
         reweight: teacher-confidence sample weights.
         **kwargs: passed to :class:`Distiller`.
 
     Example:
-    >>> rslad = build_method("rslad", student, teacher)  # doctest: +SKIP
+    >>> rslad = build("rslad", student, teacher)  # doctest: +SKIP
     >>> rslad.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     >>> rslad.fit(train_ds, epochs=1)
 
@@ -147,12 +147,11 @@ class RSLADDistiller(Distiller):
 
     SETTINGS = (
         Setting("rslad_alpha", 5 / 6, "RSLAD: weight of KL(T(x) || S(x_adv)); the natural "
-                "term KL(T(x) || S(x)) gets 1 - rslad_alpha.", arg="alpha", lower=0.0,
-                upper=1.0),
+                "term KL(T(x) || S(x)) gets 1 - rslad_alpha.", lower=0.0, upper=1.0),
         Setting("rslad_kl_reduction", "official", "RSLAD: 'official' = the official code's KL "
                 "scale (torch.mean over batch and classes on CIFAR-10, i.e. the KL x 0.1 on "
                 "every dataset); 'batchmean' = the paper's KL (sum over classes, mean over "
-                "batch), 10 times stronger.", arg="kl_reduction", kind="enum",
+                "batch), 10 times stronger.", kind="enum",
                 choices=RSLAD_KL_REDUCTIONS),
     )
     REWEIGHT = False
@@ -163,14 +162,15 @@ class RSLADDistiller(Distiller):
         return RSLADAttack(eps=base["eps"], step_size=base["step_size"], steps=base["steps"],
                            norm=base["norm"], seed=base["seed"])
 
-    def __init__(self, student, teacher, attack=None, alpha=5 / 6, kl_reduction="official",
-                 reweight=False, **kwargs):
+    def __init__(self, student, teacher, attack=None, rslad_alpha=5 / 6,
+                 rslad_kl_reduction="official", reweight=False, **kwargs):
         super().__init__(student, teacher, ["loss", "adv_accuracy"], **kwargs)
-        if kl_reduction not in RSLAD_KL_REDUCTIONS:
-            raise ConfigError(f"RSLAD kl_reduction must be one of "
-                              f"{', '.join(RSLAD_KL_REDUCTIONS)}, got {kl_reduction!r}")
+        if rslad_kl_reduction not in RSLAD_KL_REDUCTIONS:
+            raise ConfigError(f"RSLAD rslad_kl_reduction must be one of "
+                              f"{', '.join(RSLAD_KL_REDUCTIONS)}, got {rslad_kl_reduction!r}")
         self.attack = attack if attack is not None else RSLADAttack(steps=10)
-        self.alpha, self.kl_reduction, self.reweight = alpha, kl_reduction, reweight
+        self.rslad_alpha, self.rslad_kl_reduction = rslad_alpha, rslad_kl_reduction
+        self.reweight = reweight
 
     def train_step(self, data):
         x, y, _ = unpack_batch(data)
@@ -182,7 +182,7 @@ class RSLADDistiller(Distiller):
         with tf.GradientTape() as tape:
             adv_logits = self.student(x_adv, training=True)
             nat_logits = self.student(x, training=True)
-            loss = rslad_loss(adv_logits, nat_logits, teacher_logits, self.alpha,
-                              self.kl_reduction, weight)
+            loss = rslad_loss(adv_logits, nat_logits, teacher_logits, self.rslad_alpha,
+                              self.rslad_kl_reduction, weight)
         self.apply_update(tape, loss, weights)
         return self.report(loss=loss, adv_accuracy=accuracy(y, adv_logits))

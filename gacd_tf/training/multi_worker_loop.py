@@ -7,7 +7,7 @@ with ``strategy.run`` inside a ``tf.function``, the way ``fit`` does under
 ``MirroredStrategy``. Gradients are summed across every replica of every
 worker by the optimizer (``RobustTrainer.apply_update`` divides the loss by
 the replica count), and the cross-replica helpers of
-:mod:`gacd_tf.distribute` (random starts, negatives, the GACD memory bank)
+:mod:`gacd_tf.training.distribute` (random starts, negatives, the GACD memory bank)
 act on the global batch, so W workers with global batch B take the same step
 as one device with batch B.
 
@@ -76,7 +76,7 @@ def fit_multi_worker(trainer, dataset, epochs=1, steps_per_epoch=None, callbacks
     ``steps_per_epoch``.
 
     Args:
-        trainer: a compiled :class:`~gacd_tf.trainers.RobustTrainer` (any
+        trainer: a compiled :class:`~gacd_tf.methods.RobustTrainer` (any
             ``keras.Model`` whose ``train_step`` takes one batch and returns
             a dict of scalars).
         dataset: a ``tf.data.Dataset`` of *global* batches (distributed with

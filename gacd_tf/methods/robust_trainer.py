@@ -4,8 +4,8 @@ import keras
 import tensorflow as tf
 
 from gacd_tf.attacks import PGD
-from gacd_tf.distribute import all_gather, num_replicas
-from gacd_tf.trainers.common import MeanTrackers, l2_penalty, per_example_ce, unpack_batch
+from gacd_tf.training.distribute import all_gather, num_replicas
+from gacd_tf.methods.common import MeanTrackers, l2_penalty, per_example_ce, unpack_batch
 
 
 def accuracy(labels, logits):
@@ -48,7 +48,7 @@ class RobustTrainer(keras.Model):
         The base declares its attacks (``attack`` where a subclass has one,
         and ``eval_attack``); a subclass with other random parts (a negative
         sampler, ...) extends the dict. See
-        :func:`gacd_tf.trainers.training_checkpoint.seed_generators_of`.
+        :func:`gacd_tf.training.training_checkpoint.seed_generators_of`.
         """
         return {"attack": getattr(self, "attack", None), "eval_attack": self.eval_attack}
 

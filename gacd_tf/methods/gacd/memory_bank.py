@@ -5,7 +5,7 @@ import math
 import keras
 import tensorflow as tf
 
-from gacd_tf.distribute import all_gather
+from gacd_tf.training.distribute import all_gather
 
 
 class MemoryBank(keras.layers.Layer):

@@ -1,21 +1,22 @@
-"""Guided Adversarial Contrastive Distillation (GACD)."""
+"""The GACD trainer (:class:`GACDDistiller`, method ``"gacd"``)."""
 
 import keras
 import tensorflow as tf
 
-from gacd_tf.attacks import PGD, OptimalTransport
-from gacd_tf.data.negative_sampling import OtherClassSampler
-from gacd_tf.distribute import all_gather, local_rows
+from gacd_tf.attacks import PGD
 from gacd_tf.errors import ConfigError
-from gacd_tf.losses import (cross_class_cosine, initial_log_z, nce_logits, reweighted_nce_loss,
-                             within_class_cosine)
+from gacd_tf.methods.common import per_example_ce, unpack_batch
+from gacd_tf.methods.distiller import Distiller
+from gacd_tf.methods.gacd.memory_bank import MemoryBank
+from gacd_tf.methods.gacd.nce import (cross_class_cosine, initial_log_z, nce_logits,
+                                      reweighted_nce_loss, within_class_cosine)
+from gacd_tf.methods.gacd.negative_sampling import OtherClassSampler
+from gacd_tf.methods.gacd.ot_objective import OptimalTransport
+from gacd_tf.methods.registry import METHODS
+from gacd_tf.methods.robust_trainer import accuracy
 from gacd_tf.models import feature_dim, features_and_logits
 from gacd_tf.settings import Setting
-from gacd_tf.trainers.common import per_example_ce, unpack_batch
-from gacd_tf.trainers.distiller import Distiller
-from gacd_tf.trainers.memory_bank import MemoryBank
-from gacd_tf.trainers.methods import METHODS
-from gacd_tf.trainers.robust_trainer import accuracy
+from gacd_tf.training.distribute import all_gather, local_rows
 
 TEACHER_INPUTS = ("adversarial", "natural")
 NCE_FORMS = ("two_sided", "one_sided")
@@ -50,14 +51,14 @@ class GACDDistiller(Distiller):
     direction) because nothing pushes the student away from other classes.
 
     Each epoch's logs get ``bank_cross_class_cosine``: the mean cosine
-    between student-bank rows of different classes (:func:`gacd_tf.losses.
+    between student-bank rows of different classes (:func:`gacd_tf.methods.gacd.
     cross_class_cosine`) as the epoch leaves the bank, with
     ``bank_centred_within_class_cosine`` beside it (the class structure left
     once the rows' common direction is removed: a high cross-class cosine
     with a positive centred within-class one is an offset, not a collapse),
     and, two-sided, the same two of the teacher bank
     (``teacher_bank_...``; :meth:`epoch_end_logs`, added by the
-    :class:`gacd_tf.trainers.EpochEndLogs` callback, which ``fit_resumable``
+    :class:`gacd_tf.training.EpochEndLogs` callback, which ``fit_resumable``
     and the programs use; pass it to a plain ``fit``).
     Batches must carry the per-sample index ``(image, label, index)``.
 
@@ -90,28 +91,31 @@ class GACDDistiller(Distiller):
     """
 
     SETTINGS = (
-        Setting("nce_k", 16384, "GACD: negatives per sample.", arg="nce_k", kind="int",
+        Setting("nce_k", 16384, "GACD: negatives per sample.", kind="int",
                 lower=1),
-        Setting("nce_t", 0.1, "GACD: NCE temperature.", arg="nce_t", positive=True),
-        Setting("nce_momentum", 0.5, "GACD: memory-bank momentum.", arg="nce_momentum",
+        Setting("nce_t", 0.1, "GACD: NCE temperature.", positive=True),
+        Setting("nce_momentum", 0.5, "GACD: memory-bank momentum.",
                 lower=0.0, upper=0.999),
-        Setting("embed_dim", 128, "GACD: embedding dimension.", arg="embed_dim", kind="int",
+        Setting("embed_dim", 128, "GACD: embedding dimension.", kind="int",
                 lower=1),
-        Setting("w_nce", 0.8, "GACD: weight of the NCE loss.", arg="w_nce", lower=0.0),
-        Setting("w_ce", 1.0, "GACD: weight of the CE loss on x+.", arg="w_ce", lower=0.0),
+        Setting("w_nce", 0.8, "GACD: weight of the NCE loss.", lower=0.0),
+        Setting("w_ce", 1.0, "GACD: weight of the CE loss on x+.", lower=0.0),
         Setting("teacher_input", "adversarial", "GACD: the teacher sees x+ (Algorithm 1) or "
-                "the natural x.", arg="teacher_input", kind="enum", choices=TEACHER_INPUTS),
+                "the natural x.", kind="enum", choices=TEACHER_INPUTS),
         Setting("nce_form", "two_sided", "GACD: NCE form. two_sided = teacher-anchored term "
                 "+ CRD's student-anchored term against a teacher bank (default: the "
                 "one-sided bank collapses); one_sided = teacher anchor only (paper-literal "
-                "ablation).", arg="nce_form", kind="enum", choices=NCE_FORMS),
+                "ablation).", kind="enum", choices=NCE_FORMS),
         Setting("ot_representation", "features", "GACD: representation of the OT attack "
-                "(Feature Scattering: logits).", kind="enum", choices=("features", "logits")),
-        Setting("ot_steps", 1, "GACD: steps of the OT attack.", kind="int", lower=1),
+                "(Feature Scattering: logits).", kind="enum", choices=("features", "logits"),
+                constructor=False),
+        Setting("ot_steps", 1, "GACD: steps of the OT attack.", kind="int", lower=1,
+                constructor=False),
         Setting("ot_step_size", None, "GACD: OT attack step size (default --eps).", lower=0.0,
-                step_of=("ot_steps", "eps")),
+                step_of=("ot_steps", "eps"), constructor=False),
     )
     REWEIGHT = True
+    NEEDS_TRAIN_LABELS = True
 
     @classmethod
     def build_attack(cls, settings, context):
@@ -202,13 +206,13 @@ class GACDDistiller(Distiller):
         """The collapse detector of each bank: ``{"bank_cross_class_cosine": ...}``.
 
         Mean cosine between rows of different classes
-        (:func:`gacd_tf.losses.cross_class_cosine`) of the student bank and,
+        (:func:`gacd_tf.methods.gacd.cross_class_cosine`) of the student bank and,
         two-sided, ``teacher_bank_cross_class_cosine`` of the teacher bank;
         beside each, ``..._centred_within_class_cosine``
-        (:func:`gacd_tf.losses.within_class_cosine`, centred): the class
+        (:func:`gacd_tf.methods.gacd.within_class_cosine`, centred): the class
         structure left once the direction all rows share is removed. A high
         cross-class cosine with a clearly positive centred within-class one
-        is a common offset, not a collapse (README, GACD section).
+        is a common offset, not a collapse (docs/methods.md, "The NCE form").
         The banks are identical on every replica, hence so are these values.
         """
         banks = {"bank": self.student_bank}
@@ -253,8 +257,13 @@ class GACDDistiller(Distiller):
         return self.report(loss=loss, nce_loss=nce, ce_loss=ce,
                            adv_accuracy=accuracy(y, logits), teacher_weight=weight)
 
+    def extra_results(self):
+        """What ``gacd-distill`` records after distillation: :meth:`bank_cross_class_cosines`."""
+        return {name: round(float(value), 6)
+                for name, value in self.bank_cross_class_cosines().items()}
+
     def epoch_end_logs(self):
         """The collapse detector of the banks as the epoch leaves them (see
-        :class:`gacd_tf.trainers.EpochEndLogs`): ``O(M d)`` per bank, too
+        :class:`gacd_tf.training.EpochEndLogs`): ``O(M d)`` per bank, too
         costly to take every step (tens of ms at M = 50,000 on a CPU)."""
         return self.bank_cross_class_cosines()

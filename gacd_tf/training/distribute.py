@@ -28,8 +28,8 @@ def configure_cpu_devices(count):
         tf.config.set_logical_device_configuration(
             cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
     except RuntimeError as err:
-        raise ConfigError(f"--cpu_devices={count} must be set before TensorFlow starts "
-                          f"({err})") from err
+        raise ConfigError(f"cpu_devices={count} must be set before TensorFlow starts "
+                          f"({err})").on("cpu_devices") from err
 
 
 def make_strategy(name="default", cpu_devices=None):

@@ -4,8 +4,8 @@ import tensorflow as tf
 
 from gacd_tf.attacks import PGD, KLDivergence
 from gacd_tf.errors import ConfigError
-from gacd_tf.trainers.common import per_example_ce, unpack_batch
-from gacd_tf.trainers.robust_trainer import RobustTrainer, accuracy
+from gacd_tf.methods.common import per_example_ce, unpack_batch
+from gacd_tf.methods.robust_trainer import RobustTrainer, accuracy
 
 
 class AdversarialTrainer(RobustTrainer):

@@ -5,8 +5,9 @@ import os
 import tensorflow as tf
 
 from gacd_tf.errors import TrainingError
-from gacd_tf.trainers.fit_resumable import resume_and_fit
-from gacd_tf.trainers.training_checkpoint import read_state
+from gacd_tf.training.fit_resumable import resume_and_fit
+from gacd_tf.training.multi_worker_loop import fit_multi_worker
+from gacd_tf.training.training_checkpoint import read_state
 
 # What the collective ops raise when a peer worker died or restarted.
 PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.AbortedError,
@@ -15,7 +16,6 @@ PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.AbortedError,
 
 def _fit_multi_worker(trainer, dataset, initial_epoch, epochs, steps, callbacks, validation_data,
                       verbose):
-    from gacd_tf.distribute_loop import fit_multi_worker
 
     fit_multi_worker(trainer, dataset, epochs=epochs, steps_per_epoch=steps,
                      callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch,
@@ -47,7 +47,7 @@ def check_same_step(trainer):
     if replicas * squares != total * total:
         raise TrainingError(
             f"the workers resumed from different steps (mean {total / replicas:g}): every "
-            "worker must read the chief's checkpoints, so --model_dir must be one folder on a "
+            "worker must read the chief's checkpoints, so the checkpoint folder must be on a "
             "file system that every worker mounts (NFS, a cloud bucket); start all workers "
             "again")
     return total // replicas
@@ -55,10 +55,10 @@ def check_same_step(trainer):
 
 def fit_multi_worker_resumable(trainer, dataset_fn, epochs, steps_per_epoch, checkpoint,
                                restore_directory, callbacks=(), validation_data=None, verbose=1):
-    """:func:`~gacd_tf.trainers.fit_resumable` for a ``MultiWorkerMirroredStrategy`` cluster.
+    """:func:`~gacd_tf.training.fit_resumable` for a ``MultiWorkerMirroredStrategy`` cluster.
 
     Every worker calls it with the same arguments except ``checkpoint``: the
-    chief's :class:`~gacd_tf.trainers.TrainingCheckpoint` writes to the
+    chief's :class:`~gacd_tf.training.TrainingCheckpoint` writes to the
     run's folder (the committed copy), every other worker's to a temporary
     folder of its own (the files are identical; writing them keeps every
     worker on the same code path). Every worker resumes from the chief's

@@ -12,10 +12,10 @@ from gacd_tf.attacks import GaussianStartPGD, Objective, as_outputs
 from gacd_tf.errors import ConfigError
 from gacd_tf.losses import distillation_kl
 from gacd_tf.settings import Setting
-from gacd_tf.trainers.common import unpack_batch
-from gacd_tf.trainers.distiller import Distiller
-from gacd_tf.trainers.methods import METHODS
-from gacd_tf.trainers.robust_trainer import accuracy
+from gacd_tf.methods.common import unpack_batch
+from gacd_tf.methods.distiller import Distiller
+from gacd_tf.methods.registry import METHODS
+from gacd_tf.methods.robust_trainer import accuracy
 
 ADAAD_KL_REDUCTIONS = ("official", "batchmean", "mean")
 
@@ -168,13 +168,13 @@ class AdaADDistiller(Distiller):
         student, teacher: the networks (teacher frozen).
         attack: the inner attack (default :class:`AdaADAttack`, PGD-10); it
             is called on the student-teacher pair.
-        alpha: a, the weight of the adversarial term (1.0).
-        kl_reduction: "official", "batchmean" or "mean".
+        adaad_alpha: a, the weight of the adversarial term (1.0).
+        adaad_kl_reduction: "official", "batchmean" or "mean".
         reweight: teacher-confidence sample weights.
         **kwargs: passed to :class:`Distiller`.
 
     Example:
-    >>> adaad = build_method("adaad", student, teacher)  # doctest: +SKIP
+    >>> adaad = build("adaad", student, teacher)  # doctest: +SKIP
     >>> adaad.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     >>> adaad.fit(train_ds, epochs=1)
 
@@ -186,12 +186,11 @@ class AdaADDistiller(Distiller):
 
     SETTINGS = (
         Setting("adaad_alpha", 1.0, "AdaAD: weight of KL(T(x_adv) || S(x_adv)); the natural "
-                "term KL(T(x) || S(x)) gets 1 - adaad_alpha.", arg="alpha", lower=0.0,
-                upper=1.0),
+                "term KL(T(x) || S(x)) gets 1 - adaad_alpha.", lower=0.0, upper=1.0),
         Setting("adaad_kl_reduction", "official", "AdaAD: 'official' = the official code's KL "
                 "(mean over batch and classes with 10 classes, sum over classes / batch "
                 "otherwise); 'batchmean' = the paper's KL; 'mean' = batchmean / classes.",
-                arg="kl_reduction", kind="enum", choices=ADAAD_KL_REDUCTIONS),
+                kind="enum", choices=ADAAD_KL_REDUCTIONS),
     )
     REWEIGHT = False
 
@@ -201,14 +200,15 @@ class AdaADDistiller(Distiller):
         return AdaADAttack(eps=base["eps"], step_size=base["step_size"], steps=base["steps"],
                            norm=base["norm"], seed=base["seed"])
 
-    def __init__(self, student, teacher, attack=None, alpha=1.0, kl_reduction="official",
-                 reweight=False, **kwargs):
+    def __init__(self, student, teacher, attack=None, adaad_alpha=1.0,
+                 adaad_kl_reduction="official", reweight=False, **kwargs):
         super().__init__(student, teacher, ["loss", "adv_accuracy"], **kwargs)
-        if kl_reduction not in ADAAD_KL_REDUCTIONS:
-            raise ConfigError(f"AdaAD kl_reduction must be one of "
-                              f"{', '.join(ADAAD_KL_REDUCTIONS)}, got {kl_reduction!r}")
+        if adaad_kl_reduction not in ADAAD_KL_REDUCTIONS:
+            raise ConfigError(f"AdaAD adaad_kl_reduction must be one of "
+                              f"{', '.join(ADAAD_KL_REDUCTIONS)}, got {adaad_kl_reduction!r}")
         self.attack = attack if attack is not None else AdaADAttack(steps=10)
-        self.alpha, self.kl_reduction, self.reweight = alpha, kl_reduction, reweight
+        self.adaad_alpha, self.adaad_kl_reduction = adaad_alpha, adaad_kl_reduction
+        self.reweight = reweight
 
     def student_and_teacher(self, x, training=False):
         """The pair the inner attack ascends: both networks' logits on the same ``x``."""
@@ -225,7 +225,7 @@ class AdaADDistiller(Distiller):
         with tf.GradientTape() as tape:
             nat_logits = self.student(x, training=True)
             adv_logits = self.student(x_adv, training=True)
-            loss = adaad_loss(adv_logits, nat_logits, teacher_adv, teacher_nat, self.alpha,
-                              self.kl_reduction, weight)
+            loss = adaad_loss(adv_logits, nat_logits, teacher_adv, teacher_nat, self.adaad_alpha,
+                              self.adaad_kl_reduction, weight)
         self.apply_update(tape, loss, weights)
         return self.report(loss=loss, adv_accuracy=accuracy(y, adv_logits))

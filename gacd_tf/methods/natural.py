@@ -2,9 +2,9 @@
 
 import tensorflow as tf
 
-from gacd_tf.trainers.common import per_example_ce, unpack_batch
-from gacd_tf.trainers.methods import METHODS, MethodDeclaration
-from gacd_tf.trainers.robust_trainer import RobustTrainer, accuracy
+from gacd_tf.methods.common import per_example_ce, unpack_batch
+from gacd_tf.methods.registry import METHODS, MethodDeclaration
+from gacd_tf.methods.robust_trainer import RobustTrainer, accuracy
 
 
 @METHODS.register("natural")
@@ -24,7 +24,7 @@ class NaturalTrainer(MethodDeclaration, RobustTrainer):
         **kwargs: passed to ``keras.Model``.
 
     Example:
-    >>> trainer = build_method("natural", build_model("resnet20"))  # doctest: +SKIP
+    >>> trainer = build("natural", build_model("resnet20"))  # doctest: +SKIP
     >>> trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     >>> trainer.fit(train_ds, epochs=1)
 

@@ -8,9 +8,9 @@ and the adversarial batch's representation.
 import tensorflow as tf
 
 from gacd_tf.attacks.objectives import OBJECTIVES, Objective, as_outputs
-from gacd_tf.distribute import all_gather
+from gacd_tf.training.distribute import all_gather
 from gacd_tf.errors import ConfigError
-from gacd_tf.losses.sinkhorn import _check_sinkhorn_args, sinkhorn_distance
+from gacd_tf.methods.gacd.sinkhorn import _check_sinkhorn_args, sinkhorn_distance
 
 REPRESENTATIONS = ("features", "logits")
 
@@ -24,7 +24,7 @@ class OptimalTransport(Objective):
     batch, picks ``r(x_adv)`` (``"features"`` or ``"logits"``), builds the
     cosine cost ``C_ij = max(0, 1 - cos(r_i(x), r_j(x_adv)))`` and returns the
     per-row contributions ``sum_j pi_ij C_ij`` (``[B]``) of
-    :func:`gacd_tf.losses.sinkhorn_distance`; PGD sums them, so it ascends
+    :func:`gacd_tf.methods.gacd.sinkhorn_distance`; PGD sums them, so it ascends
     ``D = sum(pi * C)`` with the Sinkhorn plan held fixed. The per-row split
     attributes each term to its clean row ``i``; only the sum is meaningful.
 

@@ -4,8 +4,7 @@ A method is a trainer class registered here (``@METHODS.register("kd")``)
 that declares its knobs as :class:`gacd_tf.settings.Setting` s in
 ``SETTINGS``. ``gacd-distill`` builds its flags, validation and the settings
 it records from those declarations, so adding a method is one new file plus
-one registry line. Python users pick a method by name with
-:func:`build_method`.
+one registry line. Python users pick a method by name with :func:`build`.
 
 Class attributes a method may declare (see :class:`MethodDeclaration`):
 
@@ -13,15 +12,20 @@ Class attributes a method may declare (see :class:`MethodDeclaration`):
 - ``REWEIGHT``: the default of the shared ``reweight`` switch (teacher-
   confidence sample weights), or ``None`` where weighting makes no sense.
 - ``NEEDS_TEACHER``: ``False`` for teacher-free controls.
+- ``NEEDS_TRAIN_LABELS``: ``True`` for methods that index the training set
+  (memory banks, negative sampling).
+- ``extra_results()``: figures the method reports after training (merged
+  into ``metrics.json``); default none.
 - ``build_attack(settings, context)``: its training attack, or ``None``.
 
 Example:
->>> trainer = build_method("kd", student, teacher, kd_temperature=2.0)  # doctest: +SKIP
+>>> trainer = build("kd", student, teacher, kd_temperature=2.0)  # doctest: +SKIP
 """
 
 import dataclasses
 import inspect
 
+from gacd_tf.attacks import PGD
 from gacd_tf.errors import ConfigError
 from gacd_tf.registry import Registry
 
@@ -33,8 +37,6 @@ class MethodContext:
     """What every method may draw on besides its own settings.
 
     Args:
-        train_labels: int labels of the training set by sample index
-            (memory banks and negative sampling).
         seed: seed of the method's random parts (attacks, banks, heads).
         weight_decay: coupled L2 coefficient.
         eps, norm: the threat model of the training attacks.
@@ -44,7 +46,6 @@ class MethodContext:
         reweight: the user's reweighting choice (``None``: the method's default).
     """
 
-    train_labels: object = None
     seed: int = None
     weight_decay: float = 5e-4
     eps: float = 8 / 255
@@ -56,7 +57,6 @@ class MethodContext:
 
     def attack(self, objective="ce", **overrides):
         """A PGD with the training threat model (overridable), seeded by ``seed``."""
-        from gacd_tf.attacks import PGD
 
         kwargs = dict(eps=self.eps, step_size=self.train_step_size or self.step_size,
                       steps=self.train_attack_steps, norm=self.norm, objective=objective,
@@ -71,6 +71,21 @@ class MethodDeclaration:
     SETTINGS = ()
     REWEIGHT = None
     NEEDS_TEACHER = True
+    NEEDS_TRAIN_LABELS = False
+
+    @classmethod
+    def check_inputs(cls, teacher, train_labels):
+        """Refuses a missing input the method needs, naming it."""
+        name = next((n for n in METHODS.names() if METHODS.get(n) is cls), cls.__name__)
+        if cls.NEEDS_TEACHER and teacher is None:
+            raise ConfigError(f"method {name!r} needs a teacher: pass teacher=<a Keras model>")
+        if cls.NEEDS_TRAIN_LABELS and train_labels is None:
+            raise ConfigError(f"method {name!r} needs train_labels: the int labels of the "
+                              "training set by sample index (e.g. train_labels=train.labels)")
+
+    def extra_results(self):
+        """Figures this method reports after training, by name (for ``metrics.json``)."""
+        return {}
 
     @classmethod
     def setting_values(cls, **values):
@@ -88,15 +103,16 @@ class MethodDeclaration:
         return None
 
     @classmethod
-    def from_settings(cls, student, teacher, settings, context):
+    def from_settings(cls, student, teacher, settings, context, train_labels=None):
         """Builds the trainer from setting values (by name) and a :class:`MethodContext`.
 
         Returns ``(trainer, record)``: ``record`` holds every setting, the
         resolved ``reweight`` where it applies and the training attack's
         configuration, for ``metrics.json``.
         """
+        cls.check_inputs(teacher, train_labels)
         values = cls.setting_values(**settings)
-        kwargs = {s.arg: values[s.name] for s in cls.SETTINGS if s.arg}
+        kwargs = {s.name: values[s.name] for s in cls.SETTINGS if s.constructor}
         record = dict(values)
         if cls.REWEIGHT is not None:
             reweight = cls.REWEIGHT if context.reweight is None else bool(context.reweight)
@@ -107,7 +123,7 @@ class MethodDeclaration:
             record["attack"] = attack.get_config()
         accepted = inspect.signature(cls).parameters
         if "train_labels" in accepted:
-            kwargs["train_labels"] = context.train_labels
+            kwargs["train_labels"] = train_labels
         if "seed" in accepted:
             kwargs["seed"] = context.seed
         kwargs.update(weight_decay=context.weight_decay, eval_attack=context.attack())
@@ -115,19 +131,29 @@ class MethodDeclaration:
         return cls(*networks, **kwargs), record
 
 
-def build_method(name, student, teacher=None, context=None, **settings):
+def build(name, student, teacher=None, train_labels=None, context=None, **settings):
     """The trainer of method ``name`` with the given settings (the rest default).
 
     Args:
-        name: a registered method ("kd", "ard", "gacd", ...).
-        student, teacher: the networks (``teacher`` unused by teacher-free methods).
+        name: a registered method (a name of :data:`METHODS`: "kd", "ard", "gacd", ...).
+        student: the network to train, [0, 1] images -> logits.
+        teacher: the frozen teacher (``None`` for teacher-free methods such as "natural").
+        train_labels: int labels of the training set by sample index (methods
+            with a memory bank, such as "gacd", need them).
         context: a :class:`MethodContext` (default: its defaults).
         **settings: the method's settings by name, e.g. ``kd_alpha=0.5``.
 
     Returns:
         the trainer, ready to ``compile`` and ``fit``.
+
+    Raises:
+        ConfigError: an unknown method or setting, a bad setting value, or a
+            missing input (the message names it: ``teacher`` or ``train_labels``).
+
+    Example:
+    >>> kd = build("kd", student, teacher, kd_alpha=0.5)  # doctest: +SKIP
+    >>> gacd = build("gacd", student, teacher, train_labels=train.labels)  # doctest: +SKIP
     """
     cls = METHODS.get(name)
-    if cls.NEEDS_TEACHER and teacher is None:
-        raise ConfigError(f"method {name!r} needs a teacher")
-    return cls.from_settings(student, teacher, settings, context or MethodContext())[0]
+    return cls.from_settings(student, teacher, settings, context or MethodContext(),
+                             train_labels=train_labels)[0]

@@ -6,8 +6,8 @@ import tensorflow as tf
 from gacd_tf.attacks import PGD
 from gacd_tf.errors import ModelError
 from gacd_tf.models.interface import features_and_logits
-from gacd_tf.trainers.common import per_example_ce, unpack_batch
-from gacd_tf.trainers.robust_trainer import RobustTrainer, accuracy
+from gacd_tf.methods.common import per_example_ce, unpack_batch
+from gacd_tf.methods.robust_trainer import RobustTrainer, accuracy
 
 
 class LinearProbe(RobustTrainer):

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 
 from gacd_tf.errors import TrainingError
-from gacd_tf.trainers.epoch_end_logs import EpochEndLogs
-from gacd_tf.trainers.training_checkpoint import find_seed_generators, read_state
+from gacd_tf.training.epoch_end_logs import EpochEndLogs
+from gacd_tf.training.training_checkpoint import find_seed_generators, read_state
 
 
 def _restore(trainer, checkpoint, state, directory=None):
@@ -17,20 +17,20 @@ def _restore(trainer, checkpoint, state, directory=None):
         raise TrainingError(
             f"checkpoint {path} was written with {state['steps_per_epoch']} steps per epoch, "
             f"this run has {checkpoint.steps_per_epoch} (other data or batch size); resume "
-            "with the data and flags that started the run, or use a new --model_dir")
+            "with the data and settings that started the run, or use a new checkpoint folder")
     try:
         trainer.load_weights(path)
     except Exception as err:  # h5py / Keras raise many types for a mismatched file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TrainingError(
-            f"checkpoint {path} does not fit this model ({first}); resume with the flags that "
-            f"started the run, or use a new --model_dir") from err
+            f"checkpoint {path} does not fit this model ({first}); resume with the settings "
+            f"that started the run, or use a new checkpoint folder") from err
     generators = find_seed_generators(trainer)
     missing = set(state["seed_generators"]) ^ set(generators)
     if missing:
         raise TrainingError(f"checkpoint {directory} holds random generators that do "
                             f"not match this trainer ({', '.join(sorted(missing))}); resume with "
-                            "the flags that started the run, or use a new --model_dir")
+                            "the settings that started the run, or use a new checkpoint folder")
     for name, generator in generators.items():
         generator.state.assign(np.asarray(state["seed_generators"][name],
                                           dtype=generator.state.dtype))
@@ -88,7 +88,7 @@ def resume_and_fit(trainer, dataset_fn, epochs, steps_per_epoch, checkpoint, fit
     """:func:`fit_resumable` with the training loop ``fit`` and where to resume from.
 
     Shared by :func:`fit_resumable` (``fit`` = Keras ``fit``) and
-    :func:`gacd_tf.trainers.fit_multi_worker_resumable.fit_multi_worker_resumable`
+    :func:`gacd_tf.training.fit_multi_worker_resumable.fit_multi_worker_resumable`
     (the multi-worker loop, whose non-chief workers write their checkpoints
     to a temporary folder but resume from the chief's).
 
@@ -165,8 +165,10 @@ def _raise_on_failure(checkpoint):
         where = (f"the last good checkpoint is {os.path.join(checkpoint.directory, good['weights'])}"
                  f" (after {good['epoch']} epochs and {good['step_in_epoch']} steps, global step "
                  f"{good['global_step']}), left untouched")
-    raise TrainingError(
-        f"training stopped: {failure['what']} at epoch {failure['epoch'] + 1}, step "
-        f"{failure['step_in_epoch']} (global step {failure['global_step']}); {where}. Lower "
-        "--learning_rate or check the inputs, and start again in a new --model_dir")
+    what = (f"training stopped: {failure['what']} at epoch {failure['epoch'] + 1}, step "
+            f"{failure['step_in_epoch']} (global step {failure['global_step']}); {where}")
+    err = TrainingError(f"{what}. Lower the learning rate or check the inputs, and start "
+                        "again with a new checkpoint folder")
+    err.what = what  # the fault without the advice, for a program to advise in its flags
+    raise err
 
