@@ -1,7 +1,7 @@
 """Exceptions raised by gacd_tf for bad user input.
 
 Programs catch :class:`GacdError` and print its message as one line, so every
-message must name the input (file, flag, model) and say what to do.
+message must name the input (file, argument, model) and say what to do.
 """
 
 
@@ -9,17 +9,19 @@ class GacdError(Exception):
     """Base class of every user-facing error in gacd_tf.
 
     Messages name library arguments, never command-line flags. An error about
-    one argument says so with :meth:`on` and writes it as ``ARGUMENT=VALUE`` in
+    arguments says so with :meth:`on` and writes each as ``ARGUMENT=VALUE`` in
     its message; a program, which knows the flag behind each argument, then
     names the flag instead (``examples=11 is out of range`` becomes
     ``--test_examples=11 is out of range``).
     """
 
-    argument = None
+    argument = None  # the argument the error is about (the first of ``arguments``)
+    arguments = ()
 
-    def on(self, argument):
-        """This error, marked as being about library argument ``argument``."""
-        self.argument = argument
+    def on(self, *arguments):
+        """This error, marked as being about library ``arguments`` (the first one first)."""
+        self.arguments = arguments
+        self.argument = arguments[0] if arguments else None
         return self
 
 
@@ -49,4 +51,5 @@ class ArgumentError(ConfigError):
 
     def __init__(self, argument, value, problem):
         super().__init__(f"{argument}={value}: {problem}")
-        self.argument, self.value, self.problem = argument, value, problem
+        self.value, self.problem = value, problem
+        self.on(argument)

@@ -1,7 +1,8 @@
-"""A tiny name -> factory registry shared by models, attacks and methods.
+"""A tiny name -> factory registry shared by models, attacks, methods and datasets.
 
-Adding a model, attack or method is one new file plus one ``@REGISTRY.register``
-line; nothing else needs editing.
+Adding a model, attack or method is one new file that registers itself with
+one ``@REGISTRY.register("name")`` line, plus the line in its package's
+``__init__.py`` that imports it (which runs the registration).
 """
 
 from gacd_tf.errors import ConfigError
@@ -24,6 +25,12 @@ class Registry:
     def __init__(self, kind):
         self.kind = kind
         self._entries = {}
+        self._elsewhere = {}
+
+    def registered_by(self, name, module):
+        """Says that ``name`` is registered when ``module`` (a higher package) is imported,
+        so asking for it before then names the import to make."""
+        self._elsewhere[name] = module
 
     def register(self, name):
         def decorator(factory):
@@ -38,8 +45,10 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
+            where = (f" ({name!r} is registered by {self._elsewhere[name]}: import it first)"
+                     if name in self._elsewhere else "")
             raise ConfigError(
-                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
+                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}{where}"
             ) from None
 
     def names(self):

@@ -161,3 +161,18 @@ def test_bad_arguments_are_refused():
         build_attack("cw")
     with pytest.raises(ConfigError, match="unknown attack norm"):
         PGD(norm="l1")
+
+
+def test_the_ot_objective_names_the_import_that_registers_it():
+    """"ot" is GACD's (gacd_tf.methods.gacd): asked for before that import, the error says so."""
+    import subprocess
+    import sys
+
+    code = ("from gacd_tf.attacks import get_objective\n"
+            "try:\n    get_objective('ot')\nexcept Exception as err:\n    print(err)\n"
+            "import gacd_tf.methods.gacd\nprint(type(get_objective('ot')).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300).stdout.splitlines()
+    assert out[0].startswith("unknown attack objective 'ot'; choose one of: ce, ")
+    assert out[0].endswith("('ot' is registered by gacd_tf.methods.gacd: import it first)")
+    assert out[1] == "OptimalTransport"

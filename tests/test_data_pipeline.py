@@ -205,8 +205,10 @@ def test_training_defaults_and_overrides():
     np.testing.assert_allclose(images, split.images[indices] / 255.0, atol=1e-7)
     with pytest.raises(ConfigError, match="batch_size must be at least 1"):
         data.make_dataset(split, 0, training=False)
-    with pytest.raises(ConfigError, match="train split holds 10 examples, fewer than one batch of 16"):
+    with pytest.raises(ConfigError, match="train split holds 10 examples, fewer than one batch of "
+                                          "batch_size=16") as err:
         data.make_dataset(split, 16, training=True)
+    assert err.value.argument == "batch_size"
     assert len(list(data.make_dataset(split, 16, training=False))) == 1
 
 

@@ -197,3 +197,32 @@ def test_layer_check_finds_a_known_upward_arrow(tmp_path):
     assert upward_edges(graph, "toy") == [("toy.data.load", "toy.programs.main"),
                                           ("toy.training.loop", "toy.methods.kd")]
     assert all(layer_of(m, "toy") is not None for m in graph)
+
+
+def _string_constants(path):
+    """Every string literal of a file (implicitly concatenated ones joined)."""
+    return [node.value for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+
+
+def _joined_strings(path):
+    """The f-strings and plain strings of a file, their literal parts joined."""
+    texts = _string_constants(path)
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.JoinedStr):
+            texts.append("".join(v.value if isinstance(v, ast.Constant) else "{}"
+                                 for v in node.values))
+    return texts
+
+
+def test_the_programs_reword_training_advice_that_the_library_gives():
+    """programs.common.TRAINING_ADVICE_IN_FLAGS re-words gacd_tf.training's advice in flag
+    names by text: each library phrase must still be in gacd_tf/training's messages."""
+    common = ast.parse((SOURCE_ROOT / PACKAGE / "programs" / "common.py").read_text())
+    table = next(node.value for node in common.body if isinstance(node, ast.Assign)
+                 and getattr(node.targets[0], "id", "") == "TRAINING_ADVICE_IN_FLAGS")
+    phrases = [ast.literal_eval(pair)[0] for pair in table.elts]
+    texts = [t for path in (SOURCE_ROOT / PACKAGE / "training").glob("*.py")
+             for t in _joined_strings(path)]
+    missing = [p for p in phrases if not any(p in t for t in texts)]
+    assert len(phrases) == 4 and not missing, missing

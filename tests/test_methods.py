@@ -16,7 +16,7 @@ def networks():
     return (tiny(1, "student", batch_norm=False), tiny(2, "teacher", batch_norm=False))
 
 
-def test_build_method_by_name_applies_settings_and_defaults():
+def test_build_by_name_applies_settings_and_defaults():
     student, teacher = networks()
     kd = build("kd", student, teacher, kd_temperature=2.0)
     assert isinstance(kd, KDDistiller)

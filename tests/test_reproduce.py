@@ -270,3 +270,15 @@ def test_smoke_grid_from_the_command_line_then_again_skipping_finished_runs(tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
     assert len(lines) == 5 and all("finished before, skipped" in line for line in lines)
+
+
+def test_reproduce_starts_without_tensorflow():
+    """gacd-reproduce only runs the other programs: importing it loads no TensorFlow."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport gacd_tf.programs.reproduce\n"
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "False False", out.stderr[-2000:]

@@ -216,7 +216,7 @@ def test_versions_number_up_and_are_never_overwritten_silently(exported, tmp_pat
     os.makedirs(base / ".tmp-export-stale")  # leftovers of a killed export are not versions
     assert write_version(base, writer("c"), version=7) == str(base / "7")
     assert write_version(base, writer("d")) == str(base / "8")
-    with pytest.raises(ConfigError, match="already exists.*--overwrite"):
+    with pytest.raises(ConfigError, match="already exists.*overwrite=True"):
         write_version(base, writer("x"), version=2)
     assert (base / "2" / "payload").read_text() == "b"
     assert write_version(base, writer("y"), version=2, overwrite=True) == str(base / "2")

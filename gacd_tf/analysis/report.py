@@ -114,8 +114,8 @@ def load_run(path, name=None):
     """
     path = os.path.normpath(os.fspath(path))
     if not os.path.isdir(path):
-        raise DataError(f"run folder {path} does not exist; pass folders written by "
-                        "gacd-train-teacher or gacd-distill (--model_dir)")
+        raise DataError(f"run folder {path} does not exist; pass the output folders of "
+                        "gacd-train-teacher or gacd-distill runs")
     what = "a finished gacd-train-teacher / gacd-distill run folder has it"
     return Run(path=path, name=name or slug(os.path.basename(path)),
                flags=_read_json(os.path.join(path, "flags.json"), what),

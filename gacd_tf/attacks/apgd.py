@@ -28,7 +28,7 @@ from gacd_tf.attacks.arguments import (
 from gacd_tf.attacks.dlr import dlr_loss
 from gacd_tf.attacks.norms import get_norm
 from gacd_tf.attacks.objectives import as_outputs
-from gacd_tf.attacks.registry import ATTACKS
+from gacd_tf.attacks.registry import ATTACKS, NORMS
 from gacd_tf.errors import ConfigError
 
 _TINY = 1e-12
@@ -155,8 +155,9 @@ class APGD:
                  n_restarts=1, rho=0.75, eot_iter=1):
         name = self._registry_name(loss)
         check_eps(name, eps)
-        if norm not in ("linf", "l2"):
-            raise ConfigError(f"{name} attack norm={norm!r} is unknown; choose linf or l2")
+        if norm not in NORMS:
+            raise ConfigError(f"{name} attack norm={norm!r} is unknown; choose "
+                              f"{' or '.join(NORMS.names())}")
         check_whole(name, n_iter=n_iter, n_restarts=n_restarts)
         require(is_number(rho) and 0 <= rho <= 1, name, "rho must be a number in [0, 1]", rho)
         check_whole(name, eot_iter=eot_iter)

@@ -17,7 +17,7 @@ from absl import logging
 from gacd_tf.attacks import autoattack_progress as progress
 from gacd_tf.attacks.objectives import as_outputs
 from gacd_tf.attacks.registry import AA_VERSIONS as VERSIONS
-from gacd_tf.attacks.registry import ATTACKS, ensemble_attack_names
+from gacd_tf.attacks.registry import ATTACKS, AUTOATTACK, NORMS, ensemble_attack_names
 from gacd_tf.errors import ConfigError
 from gacd_tf.models.io import float32_copy
 
@@ -28,7 +28,7 @@ _PROBABILITY_TOL = 1e-5
 _SQUARE_TOL = 0.002
 
 
-@ATTACKS.register("autoattack")
+@ATTACKS.register(AUTOATTACK)
 class AutoAttack:
     """The AutoAttack ensemble: APGD-CE, APGD-T, FAB-T and Square (version "standard").
 
@@ -84,8 +84,9 @@ class AutoAttack:
         if version not in VERSIONS:
             raise ConfigError(f"AutoAttack version={version!r} is unknown; choose one of: "
                               f"{', '.join(VERSIONS)}")
-        if norm not in ("linf", "l2"):
-            raise ConfigError(f"AutoAttack norm={norm!r} is unknown; choose linf or l2")
+        if norm not in NORMS:
+            raise ConfigError(f"AutoAttack norm={norm!r} is unknown; choose "
+                              f"{' or '.join(NORMS.names())}")
         if not (isinstance(eps, (int, float)) and 0 <= eps < math.inf):
             raise ConfigError(f"AutoAttack eps must be a number >= 0, got {eps!r}")
         if seed is None or isinstance(seed, bool) or int(seed) != seed:
@@ -165,7 +166,7 @@ class AutoAttack:
 
     def get_config(self):
         return {
-            "attack": "autoattack",
+            "attack": AUTOATTACK,
             "version": self.version,
             "custom_attacks": self.custom,  # True: the attacks are a custom list
             "attacks": list(self.attacks),

@@ -3,8 +3,8 @@ AutoAttack versions.
 
 Each attack, norm and objective registers itself in its own file
 (``@ATTACKS.register("name")``, ``@NORMS.register``, ``@OBJECTIVES.register``),
-so a new one is one new file plus one registry line (and one import line in
-``gacd_tf/attacks/__init__.py``, which loads it). Programs take their
+so a new one is one new file with one registry line, plus one import line in
+``gacd_tf/attacks/__init__.py``, which loads it. Programs take their
 ``--attack``, ``--norm``, ``--aa_version`` and ``--aa_attacks`` choices and
 their validation from here.
 
@@ -22,6 +22,8 @@ from gacd_tf.registry import Registry
 ATTACKS = Registry("attack")
 NORMS = Registry("attack norm")
 OBJECTIVES = Registry("attack objective")
+# GACD's optimal-transport objective lives with GACD (a higher package).
+OBJECTIVES.registered_by("ot", "gacd_tf.methods.gacd")
 
 # The name of the ensemble in ATTACKS (gacd_tf/attacks/autoattack.py).
 AUTOATTACK = "autoattack"

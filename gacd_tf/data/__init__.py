@@ -1,6 +1,7 @@
 """Data: official binary formats, dataset descriptions, splits, the validation
-hold-out and tf.data pipelines. A new dataset is one new file that registers
-itself in ``DATASETS`` (see ``datasets.py``) plus its import line here.
+hold-out and tf.data pipelines. A new dataset is a reader of its official
+files plus one ``_register(...)`` line in ``datasets.py`` (the ``DATASETS``
+registry).
 
 Example:
 >>> from gacd_tf import data

@@ -54,10 +54,11 @@ def holdout_indices(labels, num_classes, val_examples, train_examples=None):
     train = pool
     if train_examples is not None:
         if train_examples > len(pool):
-            held_out = f", {val_examples} of them held out for validation" if val_examples else ""
+            held_out = (f", {val_examples} of them held out by val_examples={val_examples}"
+                        if val_examples else "")
             raise DataError(f"train_examples={train_examples} is out of range: the train split "
                             f"holds {size} examples{held_out}; ask for 1 to {len(pool)}"
-                            ).on("train_examples")
+                            ).on("train_examples", "val_examples")
         try:
             train = pool[balanced_subset_indices(labels[pool], train_examples, num_classes)]
         except DataError as err:

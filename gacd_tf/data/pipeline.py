@@ -122,8 +122,8 @@ def make_dataset(split, batch_size, training, seed=0, augment=None, drop_remaind
     drop_remainder = training if drop_remainder is None else drop_remainder
     if drop_remainder and len(split.labels) < batch_size:
         raise ConfigError(
-            f"batch_size={batch_size} is more than the {len(split.labels)} examples of the "
-            f"{split.split} split, so dropping the partial batch leaves nothing; ask for fewer"
+            f"the {split.split} split holds {len(split.labels)} examples, fewer than one batch of "
+            f"batch_size={batch_size}, so dropping the partial batch leaves nothing; lower it"
         ).on("batch_size")
     n = len(split.labels)
     load = _loader(split.images, split.labels)

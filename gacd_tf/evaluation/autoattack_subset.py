@@ -2,6 +2,8 @@
 
 import os
 
+from absl import logging
+
 from gacd_tf.attacks.autoattack import json_result
 from gacd_tf.data import balanced_subset_indices, load_split
 from gacd_tf.errors import DataError
@@ -39,6 +41,7 @@ def autoattack_test_subset(model, attack, dataset, data_dir, examples, batch_siz
         except DataError as err:
             raise DataError(f"examples={examples}: {err}").on("examples") from None
         images, labels = images[keep], labels[keep]
+    logging.info("AutoAttack on %d test examples", len(labels))
     if progress_file:
         os.makedirs(os.path.dirname(os.path.abspath(progress_file)), exist_ok=True)
     return json_result(attack.run(model, images, labels, batch_size=batch_size,

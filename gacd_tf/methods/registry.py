@@ -3,8 +3,8 @@
 A method is a trainer class registered here (``@METHODS.register("kd")``)
 that declares its knobs as :class:`gacd_tf.settings.Setting` s in
 ``SETTINGS``. ``gacd-distill`` builds its flags, validation and the settings
-it records from those declarations, so adding a method is one new file plus
-one registry line. Python users pick a method by name with :func:`build`.
+it records from those declarations, so adding a method is one new module that
+registers itself plus its import line in ``gacd_tf/methods/__init__.py``. Python users pick a method by name with :func:`build`.
 
 Class attributes a method may declare (see :class:`MethodDeclaration`):
 

@@ -33,7 +33,7 @@ import types
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from gacd_tf.errors import ConfigError  # noqa: E402
-from gacd_tf.programs import attack_flags, common, data_flags, devices  # noqa: E402
+from gacd_tf.programs import attack_flags, common, data_flags, devices, flag_core  # noqa: E402
 from gacd_tf.programs.analyze_maps import correlation_command, tsne_command  # noqa: E402
 from gacd_tf.programs.analyze_report import REPORT_PARTS, report_command  # noqa: E402
 from gacd_tf.programs.analyze_sweep import sweep_command  # noqa: E402
@@ -58,36 +58,36 @@ def define_flags():
     devices.define_distribute_flags()  # transfer only (check_device_flags)
     common.define_checkpoint_flags()
     common.define_load_flags()
-    common.DEFINE_string("output_dir", None, "Output folder (created if needed).")
-    common.DEFINE_list("models", [], "transfer / correlation / tsne: .keras model files "
+    flag_core.DEFINE_string("output_dir", None, "Output folder (created if needed).")
+    flag_core.DEFINE_list("models", [], "transfer / correlation / tsne: .keras model files "
                        "(correlation: the students).")
-    common.DEFINE_string("teacher", None, "correlation: the teacher, a .keras file; tsne: "
+    flag_core.DEFINE_string("teacher", None, "correlation: the teacher, a .keras file; tsne: "
                          "drawn first when given.")
-    common.DEFINE_list("runs", [], "report: run folders written by gacd-train-teacher or "
+    flag_core.DEFINE_list("runs", [], "report: run folders written by gacd-train-teacher or "
                        "gacd-distill (flags.json, metrics.json, model.keras).")
-    common.DEFINE_list("classes", [], "transfer: keep only these classes of --dataset as the "
+    flag_core.DEFINE_list("classes", [], "transfer: keep only these classes of --dataset as the "
                        "target task, relabelled 0..k-1 (e.g. 5,6,7,8,9); default all.")
-    common.DEFINE_integer("transfer_attack_steps", 7, "transfer: PGD steps of the robust "
+    flag_core.DEFINE_integer("transfer_attack_steps", 7, "transfer: PGD steps of the robust "
                           "accuracy (Table 4: PGD-7; --eps, --step_size apply).", lower_bound=0)
-    common.DEFINE_bool("augment", True, "transfer: pad-4 crop + flip while training the head.")
-    common.DEFINE_list("tsne_classes", ["9", "2"], "tsne: SOURCE,TARGET classes; adversarial "
+    flag_core.DEFINE_bool("augment", True, "transfer: pad-4 crop + flip while training the head.")
+    flag_core.DEFINE_list("tsne_classes", ["9", "2"], "tsne: SOURCE,TARGET classes; adversarial "
                        "SOURCE images are crafted to be classified as TARGET (paper: truck, "
                        "bird).")
-    common.DEFINE_integer("tsne_examples", 100, "tsne: test images per class.", lower_bound=2)
-    common.DEFINE_float("tsne_perplexity", 30.0, "tsne: t-SNE perplexity.", lower_bound=1.0)
-    common.DEFINE_string("distill_flagfile", None, "sweep: the gacd-distill flagfile every "
+    flag_core.DEFINE_integer("tsne_examples", 100, "tsne: test images per class.", lower_bound=2)
+    flag_core.DEFINE_float("tsne_perplexity", 30.0, "tsne: t-SNE perplexity.", lower_bound=1.0)
+    flag_core.DEFINE_string("distill_flagfile", None, "sweep: the gacd-distill flagfile every "
                          "grid point starts from.")
-    common.DEFINE_string("distill_args", "", "sweep: more gacd-distill arguments for every "
+    flag_core.DEFINE_string("distill_args", "", "sweep: more gacd-distill arguments for every "
                          "run, shell-quoted, e.g. \"--epochs=1 --data_dir=DIR\".")
-    common.DEFINE_string("sweep_flag", None, "sweep: the gacd-distill flag to vary, e.g. "
+    flag_core.DEFINE_string("sweep_flag", None, "sweep: the gacd-distill flag to vary, e.g. "
                          "nce_k or nce_t.")
-    common.DEFINE_list("sweep_values", [], "sweep: the grid values of --sweep_flag.")
-    common.DEFINE_integer("sweep_timeout", None, "sweep: seconds allowed per run (unset: no "
+    flag_core.DEFINE_list("sweep_values", [], "sweep: the grid values of --sweep_flag.")
+    flag_core.DEFINE_integer("sweep_timeout", None, "sweep: seconds allowed per run (unset: no "
                           "limit).", lower_bound=1)
-    common.DEFINE_list("report_parts", ["correlation", "tsne"], "report: analyses to run "
+    flag_core.DEFINE_list("report_parts", ["correlation", "tsne"], "report: analyses to run "
                        f"besides the tables, from {', '.join(REPORT_PARTS)} (transfer uses "
                        "--dataset, --classes and the optimizer flags).")
-    common.DEFINE_integer("verbose", 0, "Keras progress output (0, 1 or 2).")
+    flag_core.DEFINE_integer("verbose", 0, "Keras progress output (0, 1 or 2).")
 
 
 def main(argv):
@@ -105,7 +105,7 @@ def main(argv):
     devices.setup_precision()
     output_dir = devices.this_worker_dir(FLAGS.output_dir)  # multi_worker: the chief writes
     common.write_json(os.path.join(output_dir, "flags.json"),
-                      dict(common.flag_values(), command=command))
+                      dict(flag_core.flag_values(), command=command))
     COMMANDS.get(command)(types.SimpleNamespace(output_dir=output_dir, strategy=strategy))
 
 
@@ -124,7 +124,7 @@ def check_device_flags(command):
 
 def entry_point():
     define_flags()
-    common.run(main)
+    flag_core.run(main)
 
 
 if __name__ == "__main__":

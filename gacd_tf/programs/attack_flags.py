@@ -3,8 +3,8 @@
 Every choice comes from the attack registry (:mod:`gacd_tf.attacks.registry`):
 ``--attack`` takes any registered attack, ``--norm`` any registered norm,
 ``--aa_version`` any AutoAttack version and ``--aa_attacks`` any attack an
-ensemble can run, so a new attack is a new file plus one registry line: no
-list here to edit. :func:`attack_from_flags` is the one way a program builds
+ensemble can run, so a new attack (a new file that registers itself, plus its
+import line in ``gacd_tf/attacks/__init__.py``) needs no list here to edit. :func:`attack_from_flags` is the one way a program builds
 an attack from flags (``gacd-evaluate``, ``gacd-analyze``, and the training
 programs' final AutoAttack, :func:`final_autoattack`); it passes each attack
 only the flags its constructor takes.
@@ -14,7 +14,7 @@ import inspect
 import os
 
 import numpy as np
-from absl import flags, logging
+from absl import flags
 
 from gacd_tf.attacks.registry import (
     AA_VERSIONS,
@@ -130,9 +130,14 @@ ATTACK_ARGUMENT_FLAGS_OF = {AUTOATTACK: {"seed": "aa_seed", "version": "aa_versi
                                          "attacks": "aa_attacks"}}
 
 
-def attack_from_flags(name=None, **overrides):
+def attack_from_flags(name=None, where_taken=None, **overrides):
     """The attack ``name`` (default ``--attack``) of the registry, given the flags
     its constructor accepts, then ``overrides`` (e.g. a targeted objective).
+
+    Args:
+        name: a registered attack (default ``--attack``).
+        where_taken: arguments set only for an attack whose constructor takes them.
+        **overrides: arguments the attack must take.
 
     Raises:
         ConfigError: an override the attack does not take, named with ``--attack``.
@@ -153,6 +158,7 @@ def attack_from_flags(name=None, **overrides):
     if refused:
         raise ConfigError(f"--attack={name} takes no {', '.join(refused)}; choose an attack "
                           "that does (e.g. --attack=pgd)")
+    kwargs.update({k: v for k, v in (where_taken or {}).items() if k in accepted})
     kwargs.update(overrides)
     return cls(**kwargs)
 
@@ -211,9 +217,9 @@ def final_autoattack(model, dataset_name, data_dir, batch_size, classes=None, ve
     chief = devices.is_chief()  # other workers of --strategy=multi_worker evaluate quietly
     if verbose is None:
         verbose = (1 if "verbose" in FLAGS and FLAGS.verbose == 1 else 2) if chief else 0
-    attack = attack_from_flags(AUTOATTACK, verbose=verbose)
-    logging.info("AutoAttack of the final model on at most %d test examples",
-                 FLAGS.final_autoattack_examples)
+    # attack_settings=None: a "pgd" in --aa_attacks runs with PGD's own defaults
+    # here (as it always has), not with --attack_steps / --step_size / --restarts.
+    attack = attack_from_flags(AUTOATTACK, verbose=verbose, attack_settings=None)
     with arguments_as_flags(examples="final_autoattack_examples"):
         result = autoattack_test_subset(model, attack, dataset_name, data_dir,
                                         FLAGS.final_autoattack_examples, batch_size,

@@ -11,7 +11,6 @@ a flag.
 import glob
 import json
 import os
-import tempfile
 
 import keras
 import tensorflow as tf
@@ -22,6 +21,7 @@ from gacd_tf.errors import ConfigError, ModelError, TrainingError
 from gacd_tf.models import MODELS, build_model
 from gacd_tf.models.io import load_model
 from gacd_tf.programs import devices
+from gacd_tf.programs.folders import prepare_output_dir  # noqa: F401 (for the programs)
 from gacd_tf.serving import load_classifier
 from gacd_tf.programs.flag_core import (  # noqa: F401 (re-exported for the programs)
     FLAGS,
@@ -112,22 +112,6 @@ def optimizer_from_flags(steps_per_epoch, epochs=None, learning_rate=None, lr_sc
 def write_json(path, obj):
     """Writes ``obj`` as JSON atomically (temporary file, flushed, then renamed)."""
     write_json_atomic(path, obj)
-
-
-def prepare_output_dir(path, flag="--model_dir"):
-    """Creates ``path`` if needed and checks it is writable."""
-    if not path:
-        raise ConfigError(f"{flag} is required: the folder where outputs are written")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigError(f"{flag}={path} is a file, not a folder; choose another folder")
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-")
-        probe.close()
-    except OSError as err:
-        raise ConfigError(f"{flag}={path} is not a writable folder ({err.strerror}); "
-                          "choose another folder") from err
-    return path
 
 
 def build_model_from_flags(info):
@@ -249,10 +233,7 @@ def fit_phase(trainer, data, model_dir, phase, epochs, last_path=None, best_path
     try:
         info = _fit(trainer, data, model_dir, phase, epochs, checkpoint, dataset_fn)
     except TrainingError as err:
-        if not hasattr(err, "what"):
-            raise
-        raise TrainingError(f"{err.what}. Lower --learning_rate or check the inputs, and "
-                            "start again in a new --model_dir") from None
+        raise TrainingError(training_error_in_flags(str(err))) from None
     if not devices.is_chief():
         pass  # the chief reports
     elif info["completed_before"]:
@@ -262,6 +243,27 @@ def fit_phase(trainer, data, model_dir, phase, epochs, last_path=None, best_path
         print(f"{phase}: resumed after {where['epoch']} epochs and {where['step_in_epoch']} "
               f"steps (global step {where['global_step']})")
     return info
+
+
+# gacd_tf.training's advice in its words -> the same advice in the programs' flags.
+TRAINING_ADVICE_IN_FLAGS = (
+    ("Lower the learning rate or check the inputs, and start again with a new checkpoint "
+     "folder", "Lower --learning_rate or check the inputs, and start again in a new "
+     "--model_dir"),
+    ("with the data and settings that started the run, or use a new checkpoint folder",
+     "with the data and flags that started the run, or use a new --model_dir"),
+    ("the settings that started the run, or use a new checkpoint folder",
+     "the flags that started the run, or use a new --model_dir"),
+    ("so the checkpoint folder must be on a file system that every worker mounts",
+     "so --model_dir must be one folder on a file system that every worker mounts"),
+)
+
+
+def training_error_in_flags(message):
+    """A :class:`gacd_tf.errors.TrainingError` message with its advice in flag names."""
+    for library, program in TRAINING_ADVICE_IN_FLAGS:
+        message = message.replace(library, program)
+    return message
 
 
 def _fit(trainer, data, model_dir, phase, epochs, checkpoint, dataset_fn):

@@ -16,7 +16,6 @@ import tensorflow as tf
 from absl import flags, logging
 
 from gacd_tf.errors import ConfigError
-from gacd_tf.programs import flag_core
 from gacd_tf.programs.flag_core import FLAGS, DEFINE_bool, DEFINE_enum, DEFINE_integer
 from gacd_tf.training import STRATEGIES, is_chief_from_tf_config, make_strategy
 
@@ -61,8 +60,7 @@ def strategy_from_flags():
     """The strategy of ``--strategy``; call before any TensorFlow op."""
     # --strategy=multi_worker: TF_CONFIG names the cluster; fit_phase trains with
     # the library's multi-worker loop (Keras 3's fit cannot run there).
-    with flag_core.arguments_as_flags(cpu_devices="cpu_devices"):
-        strategy = make_strategy(FLAGS.strategy, FLAGS.cpu_devices)
+    strategy = make_strategy(FLAGS.strategy, FLAGS.cpu_devices)  # cpu_devices: its flag's name
     replicas = strategy.num_replicas_in_sync
     if FLAGS.batch_size % replicas:
         raise ConfigError(

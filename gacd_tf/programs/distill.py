@@ -36,7 +36,9 @@ from gacd_tf.data import get_dataset_info  # noqa: E402
 from gacd_tf.evaluation import evaluate_robustness  # noqa: E402
 from gacd_tf.methods import METHODS, AdversarialTrainer  # noqa: E402
 from gacd_tf.models.io import check_model_fits, weights_digest  # noqa: E402
-from gacd_tf.programs import attack_flags, common, data_flags, devices, method_flags  # noqa: E402
+from gacd_tf.programs import (  # noqa: E402
+    attack_flags, common, data_flags, devices, flag_core, method_flags,
+)
 from gacd_tf.programs.flag_core import FLAGS  # noqa: E402
 from gacd_tf.training.atomic_files import save_model_atomic  # noqa: E402
 
@@ -47,26 +49,26 @@ def define_flags():
     attack_flags.define_final_autoattack_flags()
     common.define_optimizer_flags(epochs=100, learning_rate=0.1)
     devices.define_distribute_flags()
-    common.DEFINE_string("teacher", None, "The robust teacher, a .keras file (required by "
+    flag_core.DEFINE_string("teacher", None, "The robust teacher, a .keras file (required by "
                          "every method but the teacher-free 'natural', which ignores it).")
     common.define_load_flags()
-    common.DEFINE_string("arch", "resnet20", "Student architecture from the model zoo.")
+    flag_core.DEFINE_string("arch", "resnet20", "Student architecture from the model zoo.")
     common.register_arch_validator()
-    common.DEFINE_string("model_dir", None, "Output folder (created if needed).")
-    common.DEFINE_integer("train_attack_steps", 10, "ARD/AFT: PGD steps of the student "
+    flag_core.DEFINE_string("model_dir", None, "Output folder (created if needed).")
+    flag_core.DEFINE_integer("train_attack_steps", 10, "ARD/AFT: PGD steps of the student "
                           "attack.", lower_bound=1)
-    common.DEFINE_float("train_step_size", None, "ARD/AFT: PGD step size (default "
+    flag_core.DEFINE_float("train_step_size", None, "ARD/AFT: PGD step size (default "
                         "--step_size).", lower_bound=0.0)
     method_flags.define_method_flags()
     # AFT
-    common.DEFINE_integer("aft_epochs", 0, "Adversarial fine-tuning epochs after "
+    flag_core.DEFINE_integer("aft_epochs", 0, "Adversarial fine-tuning epochs after "
                           "distillation (PGD-AT of the whole student).", lower_bound=0)
-    common.DEFINE_float("aft_learning_rate", 0.01, "AFT learning rate (constant).",
+    flag_core.DEFINE_float("aft_learning_rate", 0.01, "AFT learning rate (constant).",
                         lower_bound=0.0)
     data_flags.define_validation_flags(500, "attacked after each epoch with the evaluation "
                                    "attack and logged as val_*")
-    common.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
-    common.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
+    flag_core.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
+    flag_core.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
     common.define_checkpoint_flags()
     attack_flags.check_one_step_fits("train_step_size", "train_attack_steps", "step_size")
     flags.mark_flag_as_required("model_dir")
@@ -104,7 +106,7 @@ def main(argv):
     data = data_flags.load_data_from_flags()
     info, test_ds = data.info, data.test_ds
     steps_per_epoch = data.steps_per_epoch
-    common.write_json(os.path.join(model_dir, "flags.json"), common.flag_values())
+    common.write_json(os.path.join(model_dir, "flags.json"), flag_core.flag_values())
 
     teacher_digest = weights_digest(teacher) if teacher is not None else None
     with strategy.scope():
@@ -171,7 +173,7 @@ def main(argv):
 
 def entry_point():
     define_flags()
-    common.run(main)
+    flag_core.run(main)
 
 
 if __name__ == "__main__":

@@ -19,30 +19,31 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
+from gacd_tf.attacks.registry import AUTOATTACK  # noqa: E402
 from gacd_tf.data import load_split, make_dataset  # noqa: E402
 from gacd_tf.evaluation import evaluate_robustness  # noqa: E402
 from gacd_tf.models.io import check_model_fits  # noqa: E402
-from gacd_tf.programs import attack_flags, common, data_flags  # noqa: E402
+from gacd_tf.programs import attack_flags, common, data_flags, flag_core  # noqa: E402
 from gacd_tf.programs.flag_core import FLAGS  # noqa: E402
 
 
 def define_flags():
     data_flags.define_data_flags(train=False)
     attack_flags.define_attack_flags()
-    common.DEFINE_string("model", None, "A .keras model file, or a SavedModel gacd-export "
+    flag_core.DEFINE_string("model", None, "A .keras model file, or a SavedModel gacd-export "
                           "wrote: a version folder BASE/NAME/N, or BASE/NAME for its "
                           "highest version.")
     common.define_load_flags()
-    common.DEFINE_string("output", None, "Write the results to this JSON file.")
-    common.DEFINE_string("save_adversarial", None, "Write the adversarial examples (x_adv, "
+    flag_core.DEFINE_string("output", None, "Write the results to this JSON file.")
+    flag_core.DEFINE_string("save_adversarial", None, "Write the adversarial examples (x_adv, "
                          "float32 in [0,1]), the per-example flags (robust, clean_correct) and "
                          "the labels to this .npz file.")
-    common.DEFINE_string("progress_file", None, "--attack=autoattack: save the evaluation's "
+    flag_core.DEFINE_string("progress_file", None, "--attack=autoattack: save the evaluation's "
                          "progress in this .npz file (every minute and after each attack) and, "
                          "started again with the same flags, resume from it; deleted when the "
                          "evaluation ends (default: --output with .progress.npz appended, "
                          "when --output is set).")
-    common.DEFINE_integer("verbose", 1, "Progress bar (1) or not (0).")
+    flag_core.DEFINE_integer("verbose", 1, "Progress bar (1) or not (0).")
     flags.mark_flag_as_required("model")
 
 
@@ -51,7 +52,7 @@ def main(argv):
 
     common.setup_runtime(FLAGS.seed)
     model = common.load_model_from_flags(FLAGS.model, "--model", saved_model=True)
-    with common.arguments_as_flags(examples="test_examples"):
+    with flag_core.arguments_as_flags(examples="test_examples"):
         test = load_split(FLAGS.dataset, "test", FLAGS.data_dir, FLAGS.test_examples)
     check_model_fits(model, test.info, source=FLAGS.model)
     for flag in ("output", "save_adversarial", "progress_file"):
@@ -60,7 +61,7 @@ def main(argv):
                                       f"the folder of --{flag}")
     attack = attack_flags.attack_from_flags()
     # AutoAttack prints its per-attack lines even without progress bars.
-    verbose = FLAGS.verbose or (2 if FLAGS.attack == "autoattack" else 0)
+    verbose = FLAGS.verbose or (2 if FLAGS.attack == AUTOATTACK else 0)
     progress_file = FLAGS.progress_file or (f"{FLAGS.output}.progress.npz" if FLAGS.output
                                             else None)
     result = evaluate_robustness(model, make_dataset(test, FLAGS.batch_size, training=False),
@@ -80,7 +81,7 @@ def main(argv):
 
 def entry_point():
     define_flags()
-    common.run(main)
+    flag_core.run(main)
 
 
 if __name__ == "__main__":

@@ -54,21 +54,20 @@ def flag_values():
 
 
 def flag_message(err, flag_of=None):
-    """``err``'s message with its library argument named as the flag behind it.
+    """``err``'s message with its library arguments named as the flags behind them.
 
     Args:
-        err: a :class:`gacd_tf.errors.GacdError`; one made ``.on(argument)``
-            writes ``argument=value`` in its message.
+        err: a :class:`gacd_tf.errors.GacdError`; one made ``.on(*arguments)``
+            writes each as ``argument=value`` in its message.
         flag_of: library argument -> flag name, where they differ (by default
             an argument names the flag of the same name, when the program has it).
     """
-    argument = getattr(err, "argument", None)
-    if argument is None:
-        return str(err)
-    flag = (flag_of or {}).get(argument, argument)
-    if flag not in FLAGS:
-        return str(err)
-    return re.sub(rf"(?<![\w-]){re.escape(argument)}=", f"--{flag}=", str(err))
+    message = str(err)
+    for argument in getattr(err, "arguments", ()):
+        flag = (flag_of or {}).get(argument, argument)
+        if flag in FLAGS:
+            message = re.sub(rf"(?<![\w-]){re.escape(argument)}=", f"--{flag}=", message)
+    return message
 
 
 @contextlib.contextmanager
@@ -82,7 +81,7 @@ def arguments_as_flags(**flag_of):
     try:
         yield
     except GacdError as err:
-        if getattr(err, "argument", None) not in flag_of:
+        if not set(getattr(err, "arguments", ())) & set(flag_of):
             raise
         reworded = type(err).__new__(type(err))  # same class and fields, the message in flags
         reworded.__dict__.update(err.__dict__)

@@ -8,7 +8,7 @@ chosen method's trainer and translates a library setting error into its flag.
 
 from gacd_tf.errors import ConfigError
 from gacd_tf.methods import METHODS, MethodContext
-from gacd_tf.programs import attack_flags, common
+from gacd_tf.programs import attack_flags, flag_core
 from gacd_tf.programs.flag_core import FLAGS
 from gacd_tf.settings import SettingError
 
@@ -16,10 +16,10 @@ from gacd_tf.settings import SettingError
 def define_method_flags():
     """``--method``, ``--reweight`` and every registered method's settings."""
     registry = METHODS
-    common.DEFINE_enum("method", "gacd", registry.names(), "Distillation method.")
+    flag_core.DEFINE_enum("method", "gacd", registry.names(), "Distillation method.")
     on = [n for n in registry.names() if registry.get(n).REWEIGHT is True]
     off = [n for n in registry.names() if registry.get(n).REWEIGHT is False]
-    common.DEFINE_bool("reweight", None, "Weight each sample by the teacher's probability of "
+    flag_core.DEFINE_bool("reweight", None, "Weight each sample by the teacher's probability of "
                        f"its true class (default: on for {', '.join(on)}, off for "
                        f"{', '.join(off)}; methods without a teacher ignore it).")
     defined = {}
@@ -40,18 +40,18 @@ def _define(setting):
     bounds = {"lower_bound": setting.lower, "upper_bound": setting.upper}
     bounds = {k: v for k, v in bounds.items() if v is not None}
     if setting.kind == "float":
-        common.DEFINE_float(setting.name, setting.default, setting.help,
+        flag_core.DEFINE_float(setting.name, setting.default, setting.help,
                             positive=setting.positive, **bounds)
     elif setting.kind == "int":
         if setting.positive:
             bounds.setdefault("lower_bound", 1)
-        common.DEFINE_integer(setting.name, setting.default, setting.help, **bounds)
+        flag_core.DEFINE_integer(setting.name, setting.default, setting.help, **bounds)
     elif setting.kind == "bool":
-        common.DEFINE_bool(setting.name, setting.default, setting.help)
+        flag_core.DEFINE_bool(setting.name, setting.default, setting.help)
     elif setting.kind == "enum":
-        common.DEFINE_enum(setting.name, setting.default, list(setting.choices), setting.help)
+        flag_core.DEFINE_enum(setting.name, setting.default, list(setting.choices), setting.help)
     else:
-        common.DEFINE_string(setting.name, setting.default, setting.help)
+        flag_core.DEFINE_string(setting.name, setting.default, setting.help)
 
 
 def method_class():

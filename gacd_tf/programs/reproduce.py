@@ -55,11 +55,14 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-from gacd_tf.analysis import plots  # noqa: E402
-from gacd_tf.analysis.tables import csv_text, markdown_table, slug, write_text  # noqa: E402
 from gacd_tf.errors import ConfigError, TrainingError  # noqa: E402
-from gacd_tf.programs import common  # noqa: E402
+from gacd_tf.programs import flag_core  # noqa: E402
 from gacd_tf.programs.flag_core import FLAGS  # noqa: E402
+from gacd_tf.programs.folders import prepare_output_dir  # noqa: E402
+
+# gacd-reproduce only runs the other programs and tabulates their results, so it
+# does not load TensorFlow: gacd_tf.analysis (which does, through its package) is
+# imported inside the functions that draw and write tables.
 
 BEFORE_AFT = "before_aft of "
 LEDGER = "runs.json"  # wall seconds of every run, across invocations
@@ -68,15 +71,15 @@ MEASURES = (("natural", "natural_accuracy"), ("pgd", "robust_accuracy"),
 
 
 def define_flags():
-    common.DEFINE_string("grid", None, "The grid: an INI file naming the teacher, the methods' "
+    flag_core.DEFINE_string("grid", None, "The grid: an INI file naming the teacher, the methods' "
                          "gacd-distill flagfiles and the seeds (see flags/reproduce/).")
-    common.DEFINE_string("output_dir", None, "Output folder: the runs, their logs and the "
+    flag_core.DEFINE_string("output_dir", None, "Output folder: the runs, their logs and the "
                          "results (created if needed).")
-    common.DEFINE_string(
+    flag_core.DEFINE_string(
         "data_dir", os.environ.get("GACD_DATA_DIR") or None,
         "Passed to every run: folder with the dataset's official binary files. Defaults to "
         "$GACD_DATA_DIR.")
-    common.DEFINE_bool("results_only", False, "Train nothing: tabulate the runs finished so "
+    flag_core.DEFINE_bool("results_only", False, "Train nothing: tabulate the runs finished so "
                        "far (e.g. while the grid runs in another process).")
 
 
@@ -206,6 +209,7 @@ def _check_file(grid_path, title, path):
 
 
 def _slug(text):
+    from gacd_tf.analysis.tables import slug
 
     return slug(text.replace("+", "_plus_")).lower()
 
@@ -273,6 +277,7 @@ def planned_runs(grid, output_dir, data_dir=None):
 # ----------------------------------------------------------------------------- running
 def _write_json(path, obj):
     # Atomic, and without importing TensorFlow (this process only runs others).
+    from gacd_tf.analysis.tables import write_text
 
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
@@ -488,6 +493,7 @@ def _pm(mean, std, digits=4):
 
 def markdown(results):
     """results.md: the table (mean ± sample std over seeds) and the collapse detector."""
+    from gacd_tf.analysis.tables import markdown_table
 
     rows = results["rows"]
     aa = any(r["autoattack_mean"] is not None for r in rows)
@@ -551,6 +557,8 @@ def markdown(results):
 
 def write_results(results, output_dir):
     """results.json, results.csv, results.md and results.png into ``output_dir``."""
+    from gacd_tf.analysis import plots
+    from gacd_tf.analysis.tables import csv_text, write_text
 
     _write_json(os.path.join(output_dir, "results.json"), results)
     write_text(os.path.join(output_dir, "results.csv"), csv_text(results["rows"],
@@ -578,7 +586,7 @@ def main(argv):
     if not FLAGS.grid:
         raise ConfigError("--grid is required: a grid file such as flags/reproduce/smoke.cfg")
     grid = read_grid(FLAGS.grid)
-    output_dir = common.prepare_output_dir(FLAGS.output_dir, "--output_dir")
+    output_dir = prepare_output_dir(FLAGS.output_dir, "--output_dir")
     runs = planned_runs(grid, output_dir, FLAGS.data_dir)
     if not FLAGS.results_only:
         print(f"{FLAGS.grid}: {len(runs)} runs into {output_dir}", flush=True)
@@ -593,7 +601,7 @@ def main(argv):
 
 def entry_point():
     define_flags()
-    common.run(main)
+    flag_core.run(main)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from absl import flags, logging  # noqa: E402
 from gacd_tf.attacks import PGD  # noqa: E402
 from gacd_tf.evaluation import evaluate_robustness  # noqa: E402
 from gacd_tf.methods import AdversarialTrainer  # noqa: E402
-from gacd_tf.programs import attack_flags, common, data_flags, devices  # noqa: E402
+from gacd_tf.programs import attack_flags, common, data_flags, devices, flag_core  # noqa: E402
 from gacd_tf.programs.flag_core import FLAGS  # noqa: E402
 
 
@@ -31,19 +31,19 @@ def define_flags():
     attack_flags.define_attack_flags()
     attack_flags.define_final_autoattack_flags()
     devices.define_distribute_flags()
-    common.DEFINE_string("model_dir", None, "Output folder (created if needed).")
-    common.DEFINE_string("arch", "resnet20", "Architecture name from the model zoo.")
+    flag_core.DEFINE_string("model_dir", None, "Output folder (created if needed).")
+    flag_core.DEFINE_string("arch", "resnet20", "Architecture name from the model zoo.")
     common.register_arch_validator()
     common.define_optimizer_flags(epochs=100, learning_rate=0.1)
-    common.DEFINE_integer("train_attack_steps", 10, "PGD steps of the training attack.",
+    flag_core.DEFINE_integer("train_attack_steps", 10, "PGD steps of the training attack.",
                           lower_bound=1)
-    common.DEFINE_float("train_step_size", None, "PGD step size of the training attack "
+    flag_core.DEFINE_float("train_step_size", None, "PGD step size of the training attack "
                         "(default: --step_size).", lower_bound=0.0)
-    common.DEFINE_float("trades_beta", None, "TRADES beta; unset trains Madry PGD-AT.",
+    flag_core.DEFINE_float("trades_beta", None, "TRADES beta; unset trains Madry PGD-AT.",
                         lower_bound=0.0)
     data_flags.define_validation_flags(500, "attacked after each epoch to pick best.keras")
-    common.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
-    common.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
+    flag_core.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
+    flag_core.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
     common.define_checkpoint_flags()
     attack_flags.check_one_step_fits("train_step_size", "train_attack_steps", "step_size")
     flags.mark_flag_as_required("model_dir")
@@ -56,7 +56,7 @@ def main(argv):
     if run is None:
         return
     model_dir, metrics_path, strategy = run
-    common.write_json(os.path.join(model_dir, "flags.json"), common.flag_values())
+    common.write_json(os.path.join(model_dir, "flags.json"), flag_core.flag_values())
 
     data = data_flags.load_data_from_flags()
     with strategy.scope():
@@ -88,7 +88,7 @@ def main(argv):
 
 def entry_point():
     define_flags()
-    common.run(main)
+    flag_core.run(main)
 
 
 if __name__ == "__main__":

@@ -165,10 +165,8 @@ def _raise_on_failure(checkpoint):
         where = (f"the last good checkpoint is {os.path.join(checkpoint.directory, good['weights'])}"
                  f" (after {good['epoch']} epochs and {good['step_in_epoch']} steps, global step "
                  f"{good['global_step']}), left untouched")
-    what = (f"training stopped: {failure['what']} at epoch {failure['epoch'] + 1}, step "
-            f"{failure['step_in_epoch']} (global step {failure['global_step']}); {where}")
-    err = TrainingError(f"{what}. Lower the learning rate or check the inputs, and start "
-                        "again with a new checkpoint folder")
-    err.what = what  # the fault without the advice, for a program to advise in its flags
-    raise err
+    raise TrainingError(
+        f"training stopped: {failure['what']} at epoch {failure['epoch'] + 1}, step "
+        f"{failure['step_in_epoch']} (global step {failure['global_step']}); {where}. Lower "
+        "the learning rate or check the inputs, and start again with a new checkpoint folder")
 
