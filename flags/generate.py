@@ -30,7 +30,13 @@ METHOD_FLAGS = {"kd": [], "ard": [], "gacd": ["--aft_epochs=10"],
                           "--epochs=300", "--lr_decay_epochs=215,260,285", "--weight_decay=2e-4"],
                 "adaad": ["# AdaAD's official recipe (boyellow/AdaAD, main.py and its README):",
                           "# 200 epochs, lr x0.1 at epochs 100, 150, weight decay 5e-4.",
-                          "--epochs=200", "--lr_decay_epochs=100,150", "--weight_decay=5e-4"]}
+                          "--epochs=200", "--lr_decay_epochs=100,150", "--weight_decay=5e-4"],
+                "igdm": ["# IGDM's official recipe (HongsinLee/saad, igdm.py and args.py): 200",
+                         "# epochs, lr x0.1 at epochs 100, 150, weight decay 2e-4, igdm_alpha 1",
+                         "# ramped as epoch/200; the inner attack here has AdaAD's defaults",
+                         "# (step 2/255, eps 8/255) unless set below; *_igdm_code.cfg has the",
+                         "# official call's.",
+                         "--epochs=200", "--lr_decay_epochs=100,150", "--weight_decay=2e-4"]}
 
 
 # Control rows beside each GACD+AFT row: the same AFT budget after other methods.
@@ -45,6 +51,11 @@ CONTROLS = {  # file-name suffix -> (method, flags)
                          "(goldblum/AdversariallyRobustDistillation).",
                          "--weight_decay=2e-4", "--lr_decay_epochs=100",
                          "--ard_attack_training_mode"]),
+    # IGDM's inner attack as its official igdm.py calls it: adaad_inner_loss(step_size=8/255,
+    # epsilon=2/255), the reverse of AdaAD's defaults (SPEC "Peer methods").
+    "igdm_code": ("igdm", ["# The inner attack as the official igdm.py calls it: step 8/255, "
+                           "eps 2/255.", "--igdm_eps=0.00784313725490196",
+                           "--train_step_size=0.03137254901960784"]),
 }
 
 

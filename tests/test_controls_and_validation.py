@@ -85,7 +85,7 @@ def test_holdout_is_class_balanced_disjoint_and_deterministic():
     assert not set(sub) & set(val)
     # The library names its arguments (a program names the flags: test_bad_inputs).
     with pytest.raises(DataError, match=r"^train_examples=180 is out of range: .* 30 of them "
-                                        r"held out for validation; ask for 1 to 170") as err:
+                                        r"held out by val_examples=30; ask for 1 to 170") as err:
         holdout_indices(labels, 10, 30, 180)
     assert err.value.argument == "train_examples"
     with pytest.raises(DataError, match="^val_examples=200 leaves no training examples") as err:

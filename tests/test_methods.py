@@ -96,7 +96,8 @@ def test_a_teacher_that_outputs_probabilities_is_refused():
     for name in METHODS.names():
         if METHODS.get(name).NEEDS_TEACHER:
             with pytest.raises(ModelError, match="outputs probabilities .* not logits"):
-                build(name, student, probabilities, train_labels=np.arange(6) % 3)
+                build(name, student, probabilities, train_labels=np.arange(6) % 3,
+                      context=MethodContext(epochs=1, steps_per_epoch=1))
     build("kd", student, teacher)  # logits: accepted
 
 
@@ -109,7 +110,8 @@ def test_build_makes_every_registered_method_by_name():
         student, teacher = networks()
         cls = METHODS.get(name)
         trainer = gacd_tf.methods.build(name, student, teacher if cls.NEEDS_TEACHER else None,
-                                        train_labels=labels)
+                                        train_labels=labels,
+                                        context=MethodContext(epochs=2, steps_per_epoch=3))
         assert isinstance(trainer, cls), name
         assert trainer.student is student, name
         assert isinstance(trainer.extra_results(), dict), name
@@ -117,6 +119,7 @@ def test_build_makes_every_registered_method_by_name():
 
 @pytest.mark.parametrize("name, given, missing", [
     ("gacd", {"teacher": True}, "needs train_labels"),
+    ("igdm", {"teacher": True}, "needs epochs and steps_per_epoch in its context"),
     ("kd", {}, "needs a teacher"),
     ("gacd", {}, "needs a teacher"),
 ])

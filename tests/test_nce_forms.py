@@ -118,13 +118,14 @@ def test_cross_class_cosine_of_collapsed_and_opposite_banks():
 
 
 # ----------------------------------------------------------------------------- NCE forms
-def trainer(nce_form, embed_dim=4, nce_k=5):
+def trainer(nce_form, embed_dim=4, nce_k=5, nce_normaliser="crd"):
     student, teacher = tiny(1, "student", width=4), tiny(2, "teacher", width=6)
     labels = (np.arange(M) % C).astype("int32")
     attack = PGD(eps=8 / 255, step_size=8 / 255, steps=1, seed=3,
                  objective=OptimalTransport("features"))
     return GACDDistiller(student, teacher, labels, embed_dim=embed_dim, nce_k=nce_k,
-                         nce_t=0.2, attack=attack, seed=0, nce_form=nce_form)
+                         nce_t=0.2, attack=attack, seed=0, nce_form=nce_form,
+                         nce_normaliser=nce_normaliser)
 
 
 @pytest.mark.parametrize("nce_form", ["two_sided", "one_sided"])
@@ -152,6 +153,34 @@ def test_nce_loss_of_each_form_equals_numpy(nce_form):
             expected += student_anchored
         np.testing.assert_allclose(float(loss), expected, rtol=2e-5)
     np.testing.assert_allclose(float(gacd.student_bank.log_z), np.log(z_student), rtol=1e-5)
+
+
+@pytest.mark.parametrize("nce_form", ["two_sided", "one_sided"])
+def test_the_paper_normaliser_has_no_z(nce_form):
+    """--nce_normaliser=paper: h = e^{s/T} / (e^{s/T} + k/M), the paper's Eq. 9, i.e. the
+    NumPy reference with Z = 1; no bank's Z is set."""
+    gacd = trainer(nce_form, nce_normaliser="paper")
+    rng = np.random.default_rng(2)
+    student_bank, teacher_bank = unit(rng, M, 4), unit(rng, M, 4)
+    gacd.student_bank.bank.assign(student_bank.astype("float32"))
+    if gacd.teacher_bank is not None:
+        gacd.teacher_bank.bank.assign(teacher_bank.astype("float32"))
+    before = float(gacd.student_bank.log_z)
+    e_t, e_s = unit(rng, 6, 4), unit(rng, 6, 4)
+    negatives = rng.integers(0, M, size=(6, 5))
+    weights = rng.uniform(0.1, 1.0, size=6)
+    loss = gacd.nce_loss(tf.constant(e_t, tf.float32), tf.constant(e_s, tf.float32),
+                         tf.constant(negatives, tf.int32), tf.constant(weights, tf.float32))
+    expected = np_nce(e_t, e_s, student_bank, negatives, weights, 0.2, z=1.0)[0]
+    if nce_form == "two_sided":
+        expected += np_nce(e_s, e_t, teacher_bank, negatives, weights, 0.2, z=1.0)[0]
+    np.testing.assert_allclose(float(loss), expected, rtol=2e-5)
+    # The CRD default differs on the same inputs (its Z is not 1), and paper sets no Z.
+    crd = np_nce(e_t, e_s, student_bank, negatives, weights, 0.2)[0]
+    assert abs(crd - np_nce(e_t, e_s, student_bank, negatives, weights, 0.2, z=1.0)[0]) > 1e-3
+    assert float(gacd.student_bank.log_z) == before
+    with pytest.raises(ConfigError, match="nce_normaliser"):
+        trainer(nce_form, nce_normaliser="z")
 
 
 def test_two_sided_is_the_default_and_bad_forms_are_refused():

@@ -5,7 +5,7 @@
 - ``robust_trainer.py``, ``distiller.py``, ``common.py``: the bases every
   method's ``train_step`` stands on;
 - one module per method, its loss beside its trainer: ``natural.py`` (the
-  teacher-free control), ``kd.py``, ``ard.py``, ``rslad.py``, ``adaad.py``,
+  teacher-free control), ``kd.py``, ``ard.py``, ``rslad.py``, ``adaad.py``, ``igdm.py``,
   and the subpackage ``gacd/`` (everything GACD alone uses);
 - ``adversarial.py``: :class:`AdversarialTrainer`, PGD-AT / TRADES for
   teachers and adversarial fine-tuning (AFT).
@@ -32,11 +32,12 @@ from gacd_tf.methods.ard import ARDDistiller, ard_loss
 from gacd_tf.methods.rslad import RSLADDistiller, rslad_loss
 from gacd_tf.methods.adaad import AdaADDistiller, adaad_loss
 from gacd_tf.methods.gacd import GACDDistiller
+from gacd_tf.methods.igdm import IGDMDistiller, igdm_loss
 
 __all__ = [
     "METHODS", "MethodContext", "MethodDeclaration", "build",
     "RobustTrainer", "Distiller", "AdversarialTrainer", "NaturalTrainer", "KDDistiller",
-    "ARDDistiller", "RSLADDistiller", "AdaADDistiller", "GACDDistiller",
+    "ARDDistiller", "RSLADDistiller", "AdaADDistiller", "GACDDistiller", "IGDMDistiller",
     "accuracy", "check_teacher_fits_student", "l2_penalty", "unpack_batch",
-    "kd_loss", "ard_loss", "rslad_loss", "adaad_loss",
+    "kd_loss", "ard_loss", "rslad_loss", "adaad_loss", "igdm_loss",
 ]

@@ -14,6 +14,9 @@ Class attributes a method may declare (see :class:`MethodDeclaration`):
 - ``NEEDS_TEACHER``: ``False`` for teacher-free controls.
 - ``NEEDS_TRAIN_LABELS``: ``True`` for methods that index the training set
   (memory banks, negative sampling).
+- ``NEEDS_CONTEXT``: the :class:`MethodContext` fields it cannot do without
+  (e.g. IGDM's ``epochs`` and ``steps_per_epoch``, for its ramp); they reach
+  its constructor under the same names.
 - ``extra_results()``: figures the method reports after training (merged
   into ``metrics.json``); default none.
 - ``build_attack(settings, context)``: its training attack, or ``None``.
@@ -44,6 +47,8 @@ class MethodContext:
         train_attack_steps, train_step_size: PGD of the student attacks
             (ARD, AFT and the peer methods).
         reweight: the user's reweighting choice (``None``: the method's default).
+        epochs, steps_per_epoch: the run's length (methods whose losses follow
+            the schedule, e.g. IGDM's ramp; ``None``: unknown).
     """
 
     seed: int = None
@@ -54,6 +59,8 @@ class MethodContext:
     train_attack_steps: int = 10
     train_step_size: float = None
     reweight: bool = None
+    epochs: int = None
+    steps_per_epoch: int = None
 
     def attack(self, objective="ce", **overrides):
         """A PGD with the training threat model (overridable), seeded by ``seed``."""
@@ -72,9 +79,10 @@ class MethodDeclaration:
     REWEIGHT = None
     NEEDS_TEACHER = True
     NEEDS_TRAIN_LABELS = False
+    NEEDS_CONTEXT = ()
 
     @classmethod
-    def check_inputs(cls, teacher, train_labels):
+    def check_inputs(cls, teacher, train_labels, context=None):
         """Refuses a missing input the method needs, naming it."""
         name = next((n for n in METHODS.names() if METHODS.get(n) is cls), cls.__name__)
         if cls.NEEDS_TEACHER and teacher is None:
@@ -82,6 +90,11 @@ class MethodDeclaration:
         if cls.NEEDS_TRAIN_LABELS and train_labels is None:
             raise ConfigError(f"method {name!r} needs train_labels: the int labels of the "
                               "training set by sample index (e.g. train_labels=train.labels)")
+        missing = [f for f in cls.NEEDS_CONTEXT if getattr(context, f, None) is None]
+        if missing:
+            raise ConfigError(f"method {name!r} needs {' and '.join(missing)} in its context "
+                              f"(e.g. context=MethodContext("
+                              f"{', '.join(f'{f}=...' for f in missing)}))")
 
     def extra_results(self):
         """Figures this method reports after training, by name (for ``metrics.json``)."""
@@ -110,7 +123,7 @@ class MethodDeclaration:
         resolved ``reweight`` where it applies and the training attack's
         configuration, for ``metrics.json``.
         """
-        cls.check_inputs(teacher, train_labels)
+        cls.check_inputs(teacher, train_labels, context)
         values = cls.setting_values(**settings)
         kwargs = {s.name: values[s.name] for s in cls.SETTINGS if s.constructor}
         record = dict(values)
@@ -126,6 +139,7 @@ class MethodDeclaration:
             kwargs["train_labels"] = train_labels
         if "seed" in accepted:
             kwargs["seed"] = context.seed
+        kwargs.update({f: getattr(context, f) for f in cls.NEEDS_CONTEXT})
         kwargs.update(weight_decay=context.weight_decay, eval_attack=context.attack())
         networks = (student, teacher) if cls.NEEDS_TEACHER else (student,)
         return cls(*networks, **kwargs), record

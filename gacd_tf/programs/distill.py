@@ -112,7 +112,7 @@ def main(argv):
     with strategy.scope():
         student = common.build_model_from_flags(info)
         trainer, settings = method_flags.method_from_flags(student, teacher,
-                                                           data.train.labels)
+                                                           data.train.labels, steps_per_epoch)
         trainer.compile(optimizer=common.optimizer_from_flags(steps_per_epoch))
     model_path = os.path.join(model_dir, "model.keras")
     phase = common.fit_phase(trainer, data, model_dir, "distill", FLAGS.epochs, model_path)

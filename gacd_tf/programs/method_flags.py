@@ -58,23 +58,23 @@ def method_class():
     return METHODS.get(FLAGS.method)
 
 
-def context_from_flags():
+def context_from_flags(steps_per_epoch=None):
     """The :class:`gacd_tf.methods.MethodContext` of the flags (its ``attack()`` is
-    the training PGD of ARD, AFT and the peer methods)."""
+    the training PGD of ARD, AFT and the peer methods); ``epochs`` is ``--epochs``."""
     return MethodContext(
-        seed=FLAGS.seed, weight_decay=FLAGS.weight_decay,
+        epochs=FLAGS.epochs, steps_per_epoch=steps_per_epoch, seed=FLAGS.seed, weight_decay=FLAGS.weight_decay,
         eps=FLAGS.eps, norm=FLAGS.norm, step_size=FLAGS.step_size,
         train_attack_steps=FLAGS.train_attack_steps, train_step_size=FLAGS.train_step_size,
         reweight=FLAGS.reweight)
 
 
-def method_from_flags(student, teacher, train_labels):
+def method_from_flags(student, teacher, train_labels, steps_per_epoch):
     """``(trainer, settings record)`` of ``--method`` from the flags (a setting's
     flag has the setting's name)."""
     cls = method_class()
     values = {s.name: FLAGS[s.name].value for s in cls.SETTINGS}
     try:
-        return cls.from_settings(student, teacher, values, context_from_flags(),
+        return cls.from_settings(student, teacher, values, context_from_flags(steps_per_epoch),
                                  train_labels=train_labels)
     except SettingError as err:
         raise ConfigError(f"--{err.setting.name}={err.value}: {err.problem}") from None

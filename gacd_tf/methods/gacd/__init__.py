@@ -17,7 +17,8 @@ Reference:
     Learning"; SPEC "GACD".
 """
 
-from gacd_tf.methods.gacd.distiller import NCE_FORMS, TEACHER_INPUTS, GACDDistiller
+from gacd_tf.methods.gacd.distiller import (NCE_FORMS, NCE_NORMALISERS, TEACHER_INPUTS,
+                                            GACDDistiller)
 from gacd_tf.methods.gacd.memory_bank import MemoryBank
 from gacd_tf.methods.gacd.nce import (
     cross_class_cosine,
@@ -31,7 +32,8 @@ from gacd_tf.methods.gacd.ot_objective import OptimalTransport
 from gacd_tf.methods.gacd.sinkhorn import cosine_cost, sinkhorn_distance, sinkhorn_plan
 
 __all__ = [
-    "GACDDistiller", "MemoryBank", "NCE_FORMS", "OptimalTransport", "OtherClassSampler",
+    "GACDDistiller", "MemoryBank", "NCE_FORMS", "NCE_NORMALISERS", "OptimalTransport",
+    "OtherClassSampler",
     "TEACHER_INPUTS", "cosine_cost", "cross_class_cosine", "initial_log_z", "nce_logits",
     "reweighted_nce_loss", "sinkhorn_distance", "sinkhorn_plan", "within_class_cosine",
 ]

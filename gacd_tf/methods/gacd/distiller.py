@@ -20,6 +20,8 @@ from gacd_tf.training.distribute import all_gather, local_rows
 
 TEACHER_INPUTS = ("adversarial", "natural")
 NCE_FORMS = ("two_sided", "one_sided")
+# h's normaliser: CRD's Z fixed on the first batch (our default), or none (the paper's Eq. 9).
+NCE_NORMALISERS = ("crd", "paper")
 
 
 @METHODS.register("gacd")
@@ -76,6 +78,9 @@ class GACDDistiller(Distiller):
         teacher_input: "adversarial" or "natural".
         reweight: teacher-confidence weights (True; False = plain NCE ablation).
         nce_form: "two_sided" (default) or "one_sided" (teacher anchor only).
+        nce_normaliser: "crd" (default: ``P = e^{s/T} / Z``, CRD's ``Z`` fixed
+            on the first batch, each bank its own) or "paper" (``P = e^{s/T}``,
+            no ``Z``: the paper's ``h = e^{s/T} / (e^{s/T} + k/M)``, Eq. 9/10).
         seed: seed of the bank initialisation, negatives and heads.
         **kwargs: passed to :class:`Distiller` (``weight_decay``, ``eval_attack``).
 
@@ -106,6 +111,10 @@ class GACDDistiller(Distiller):
                 "+ CRD's student-anchored term against a teacher bank (default: the "
                 "one-sided bank collapses); one_sided = teacher anchor only (paper-literal "
                 "ablation).", kind="enum", choices=NCE_FORMS),
+        Setting("nce_normaliser", "crd", "GACD: normaliser of h. crd = e^{s/T} / Z with "
+                "CRD's Z fixed on the first batch (default); paper = e^{s/T}, no Z (the "
+                "paper's h = e^{s/T} / (e^{s/T} + k/M)).", kind="enum",
+                choices=NCE_NORMALISERS),
         Setting("ot_representation", "features", "GACD: representation of the OT attack "
                 "(Feature Scattering: logits).", kind="enum", choices=("features", "logits"),
                 constructor=False),
@@ -125,14 +134,18 @@ class GACDDistiller(Distiller):
 
     def __init__(self, student, teacher, train_labels, embed_dim=128, nce_k=16384, nce_t=0.1,
                  nce_momentum=0.5, w_nce=0.8, w_ce=1.0, attack=None,
-                 teacher_input="adversarial", reweight=True, nce_form="two_sided", seed=None,
-                 **kwargs):
+                 teacher_input="adversarial", reweight=True, nce_form="two_sided",
+                 nce_normaliser="crd", seed=None, **kwargs):
         names = ["loss", "nce_loss", "ce_loss", "adv_accuracy", "teacher_weight"]
         super().__init__(student, teacher, names, **kwargs)
         if teacher_input not in TEACHER_INPUTS:
             raise ConfigError(f"teacher_input must be one of {TEACHER_INPUTS}, got {teacher_input!r}")
         if nce_form not in NCE_FORMS:
             raise ConfigError(f"nce_form must be one of {NCE_FORMS}, got {nce_form!r}")
+        if nce_normaliser not in NCE_NORMALISERS:
+            raise ConfigError(f"nce_normaliser must be one of {NCE_NORMALISERS}, got "
+                              f"{nce_normaliser!r}")
+        self.nce_normaliser = nce_normaliser
         if int(nce_k) < 1:
             raise ConfigError(f"nce_k must be >= 1, got {nce_k}")
         if not nce_t > 0:
@@ -181,8 +194,12 @@ class GACDDistiller(Distiller):
 
     def _nce(self, anchors, positives, bank, negatives, weight):
         pos, neg = nce_logits(anchors, positives, bank.bank, negatives, self.nce_t)
-        # Z from the global batch's scores, identical on every replica.
-        log_z = bank.log_z_once(initial_log_z(all_gather(pos), all_gather(neg), self.num_data))
+        if self.nce_normaliser == "paper":
+            log_z = tf.zeros([], pos.dtype)  # no Z: the paper's h
+        else:
+            # Z from the global batch's scores, identical on every replica.
+            log_z = bank.log_z_once(initial_log_z(all_gather(pos), all_gather(neg),
+                                                  self.num_data))
         return reweighted_nce_loss(pos, neg, log_z, self.num_data, weight)
 
     def nce_loss(self, e_t, e_s, negatives, weight):

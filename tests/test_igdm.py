@@ -1,0 +1,147 @@
+"""IGDM (gacd_tf/methods/igdm.py): its loss and ramp against NumPy re-derivations of the
+official igdm.py, one training step against the same step taken by hand, the inner
+attack's settings (AdaAD's by default, the official call's through flags), the inputs
+it needs, and gacd-distill --method=igdm end to end."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from program_helpers import run_program, write_tiny_cifar10
+
+from gacd_tf.errors import ConfigError
+from gacd_tf.methods import METHODS, MethodContext, build
+from gacd_tf.methods.adaad import AdaADAttack
+from gacd_tf.methods.igdm import IGDMDistiller, igdm_loss, igdm_ramp
+from tiny_models import tiny
+
+
+def log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def batchmean_kl(student_logits, teacher_logits):
+    """PyTorch KLDivLoss(reduction="batchmean")(log_softmax(s), softmax(t)), float64."""
+    log_p, log_q = log_softmax(teacher_logits), log_softmax(student_logits)
+    return (np.exp(log_p) * (log_p - log_q)).sum(-1).mean()
+
+
+def official_igdm(s_plus, s_minus, t_plus, t_minus, alpha, epoch, epochs):
+    """igdm.py: kl_loss + igdm_alpha * (epoch / 200) * IGDM_loss, with 200 -> epochs."""
+    return (batchmean_kl(s_plus, t_plus)
+            + alpha * (epoch / epochs) * batchmean_kl(s_plus - s_minus, t_plus - t_minus))
+
+
+def test_loss_equals_the_official_formula():
+    rng = np.random.default_rng(0)
+    logits = [rng.normal(0, 3, (6, 10)) for _ in range(4)]
+    for alpha, epoch in ((1.0, 1), (1.0, 7), (0.3, 10)):
+        got = igdm_loss(*[tf.constant(z, tf.float32) for z in logits],
+                        alpha * igdm_ramp(tf.constant((epoch - 1) * 5 + 2), 5, 10))
+        np.testing.assert_allclose(float(got), official_igdm(*logits, alpha, epoch, 10),
+                                   rtol=1e-5)
+    # The difference term is what separates it from AdaAD's loss at alpha 1.
+    assert abs(official_igdm(*logits, 1.0, 10, 10) - batchmean_kl(logits[0], logits[2])) > 1e-2
+
+
+def test_ramp_is_linear_in_the_epoch_and_stops_at_one():
+    steps = tf.constant([0, 4, 5, 9, 10, 49, 50, 500])
+    got = igdm_ramp(steps, steps_per_epoch=5, epochs=10).numpy()
+    np.testing.assert_allclose(got, [0.1, 0.1, 0.2, 0.2, 0.3, 1.0, 1.0, 1.0], rtol=1e-6)
+
+
+def networks():
+    return tiny(1, "student", batch_norm=False), tiny(2, "teacher", width=6, batch_norm=False)
+
+
+def test_one_step_equals_the_step_taken_by_hand():
+    student, teacher = networks()
+    # Near black, so the mirror point x - delta leaves [0, 1]: the official code does
+    # not clip it, and a clipped one would give another loss below.
+    x = np.random.default_rng(1).uniform(0, 0.02, (4, 8, 8, 3)).astype("float32")
+    y = np.arange(4) % 3
+    trainer = IGDMDistiller(student, teacher, epochs=4, steps_per_epoch=3, igdm_alpha=0.5,
+                            attack=AdaADAttack(steps=2, seed=3), weight_decay=0.0)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+    trainer.optimizer.iterations.assign(4)  # epoch 2 of 4: ramp 0.5
+    before = [w.numpy() for w in student.trainable_weights]
+    # The same attack (same seed) on the same pair gives the same x+.
+    x_plus = AdaADAttack(steps=2, seed=3)(trainer.student_and_teacher, tf.constant(x), None)
+    x_minus = tf.constant(x) - (x_plus - x)
+    assert float(tf.reduce_min(x_minus)) < 0
+    with tf.GradientTape() as tape:
+        loss = igdm_loss(student(x_plus, training=True), student(x_minus, training=True),
+                         teacher(x_plus), teacher(x_minus), 0.5 * 0.5)
+    grads = tape.gradient(loss, student.trainable_weights)
+    logs = trainer.train_on_batch(x, y, return_dict=True)
+    assert logs["igdm_ramp"] == pytest.approx(0.5)
+    np.testing.assert_allclose(logs["loss"], float(loss), rtol=1e-5)
+    for w, w0, g in zip(student.trainable_weights, before, grads):
+        np.testing.assert_allclose(w.numpy(), w0 - 0.1 * g.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_inner_attack_is_adaad_s_and_the_official_call_is_a_setting():
+    student, teacher = networks()
+    context = MethodContext(epochs=2, steps_per_epoch=1, seed=5, train_attack_steps=10)
+    trainer, record = METHODS.get("igdm").from_settings(student, teacher, {}, context)
+    assert isinstance(trainer.attack, AdaADAttack)
+    assert record["attack"]["eps"] == 8 / 255 and record["attack"]["step_size"] == 2 / 255
+    assert record["igdm_alpha"] == 1.0 and record["igdm_eps"] is None
+    official = MethodContext(epochs=2, steps_per_epoch=1, train_step_size=8 / 255)
+    trainer, record = METHODS.get("igdm").from_settings(
+        student, teacher, {"igdm_eps": 2 / 255}, official)
+    assert record["attack"]["eps"] == 2 / 255 and record["attack"]["step_size"] == 8 / 255
+
+
+def test_build_names_the_schedule_igdm_needs():
+    student, teacher = networks()
+    with pytest.raises(ConfigError, match=r"method 'igdm' needs epochs and steps_per_epoch in "
+                                          r"its context"):
+        build("igdm", student, teacher)
+    with pytest.raises(ConfigError, match="IGDM needs epochs >= 1"):
+        IGDMDistiller(student, teacher, epochs=0, steps_per_epoch=1)
+    trainer = build("igdm", student, teacher, igdm_alpha=2.0,
+                    context=MethodContext(epochs=3, steps_per_epoch=2))
+    assert (trainer.epochs, trainer.steps_per_epoch, trainer.igdm_alpha) == (3, 2, 2.0)
+
+
+def test_gacd_distill_runs_igdm_end_to_end(tmp_path):
+    from gacd_tf.models import build_model
+
+    write_tiny_cifar10(tmp_path / "data", train=16, test=8)
+    build_model("resnet8", num_classes=10).save(tmp_path / "teacher.keras")
+    out = tmp_path / "igdm"
+    result = run_program(
+        "distill", "--method=igdm", f"--teacher={tmp_path / 'teacher.keras'}",
+        "--arch=resnet8", f"--data_dir={tmp_path / 'data'}", "--epochs=2", "--batch_size=8",
+        "--train_attack_steps=1", "--attack_steps=1", "--val_examples=0", "--igdm_alpha=0.5",
+        f"--model_dir={out}", "--verbose=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "igdm" and metrics["teacher_unchanged"] is True
+    assert metrics["settings"]["igdm_alpha"] == 0.5
+    assert metrics["settings"]["attack"]["attack"] == "adaad_pgd"
+    log = (out / "distill_log.csv").read_text().splitlines()
+    ramp = log[0].split(",").index("igdm_ramp")
+    # 2 steps per epoch, 2 epochs: the logged epoch means of the ramp are 1/2 and 1.
+    assert [float(row.split(",")[ramp]) for row in log[1:]] == pytest.approx([0.5, 1.0])
+
+
+@pytest.mark.slow  # ~40 s: TensorFlow start-up and tracing in a subprocess
+def test_gacd_distill_runs_the_paper_normaliser_end_to_end(tmp_path):
+    from gacd_tf.models import build_model
+
+    write_tiny_cifar10(tmp_path / "data", train=16, test=8)
+    build_model("resnet8", num_classes=10).save(tmp_path / "teacher.keras")
+    out = tmp_path / "gacd"
+    result = run_program(
+        "distill", "--method=gacd", "--nce_normaliser=paper", "--nce_k=4", "--embed_dim=8",
+        f"--teacher={tmp_path / 'teacher.keras'}", "--arch=resnet8",
+        f"--data_dir={tmp_path / 'data'}", "--epochs=1", "--batch_size=8",
+        "--attack_steps=1", "--val_examples=0", f"--model_dir={out}", "--verbose=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["nce_normaliser"] == "paper"
