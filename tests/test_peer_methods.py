@@ -1,4 +1,4 @@
-"""The peer methods (PEERS: RSLAD, AdaAD): losses and inner objectives equal NumPy
+"""The peer methods (PEERS: RSLAD, AdaAD; IGDM under distribution and resume): losses and inner objectives equal NumPy
 re-derivations of the official code's formulas, their adversarial examples stay in
 the threat model and raise the inner objective, a mirrored step equals a
 single-device step, a killed run resumes to the uninterrupted result, and
@@ -20,6 +20,7 @@ from gacd_tf.methods import METHODS, MethodContext
 from gacd_tf.training import TrainingCheckpoint, fit_resumable
 from gacd_tf.methods.adaad import (AdaADAttack, AdaADDistiller, AdaADObjective,
                                               adaad_loss)
+from gacd_tf.methods.igdm import IGDMDistiller
 from gacd_tf.methods.rslad import RSLADAttack, RSLADDistiller, rslad_loss
 from tiny_models import tiny
 
@@ -254,9 +255,15 @@ def test_defaults_are_the_official_ones_and_the_attack_follows_the_context(metho
 
 
 def build(method, reweight=True, batch_norm=True):
-    """A trainer with every option on (alpha 0.5: both terms; reweighting), tiny networks."""
+    """A trainer with every option on (alpha 0.5: both terms; reweighting), tiny networks.
+    IGDM (gacd_tf/methods/igdm.py; its own tests are in test_igdm.py) has no reweighting;
+    its ramp runs over EPOCHS epochs of STEPS steps."""
     student = tiny(1, "student", batch_norm=batch_norm)
     teacher = tiny(2, "teacher", width=6, batch_norm=batch_norm)
+    if method == "igdm":
+        return IGDMDistiller(student, teacher, epochs=EPOCHS, steps_per_epoch=STEPS,
+                             attack=AdaADAttack(steps=2, seed=3), igdm_alpha=0.5,
+                             eval_attack=PGD(steps=1, seed=4))
     trainer, attack = {
         "rslad": (RSLADDistiller, RSLADAttack),
         "adaad": (AdaADDistiller, AdaADAttack),
@@ -270,7 +277,11 @@ def replica_values(variable):
     return [v.numpy() for v in getattr(value, "values", [value])]
 
 
-@pytest.mark.parametrize("method", PEERS)
+# The trainers under distribution and resume: the peers and IGDM.
+TRAINERS = PEERS + ["igdm"]
+
+
+@pytest.mark.parametrize("method", TRAINERS)
 def test_mirrored_step_equals_single_device_step(method):
     rng = np.random.default_rng(0)
     batch = (images(rng), (np.arange(8) % 3).astype("int32"))
@@ -336,7 +347,7 @@ def resumable_run(method, directory, kill_at=None):
     return trainer, info
 
 
-@pytest.mark.parametrize("method", PEERS)
+@pytest.mark.parametrize("method", TRAINERS)
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, method):
     reference, _ = resumable_run(method, tmp_path / "reference")
     want = [v.numpy().copy() for v in reference.weights + reference.optimizer.variables]
