@@ -15,6 +15,7 @@ that the committed files equal this script's output and that they parse.
 """
 
 import pathlib
+import textwrap
 
 ROOT = pathlib.Path(__file__).resolve().parent
 TEACHER = "runs/teacher_{dataset}_{teacher}/model.keras"
@@ -230,14 +231,21 @@ def reproduce_files():
         files.append(text_file(f"reproduce/cpu/{name}.cfg", [
             f"# {comment}", f"--flagfile={cpu}/common.cfg", *flags]))
     peers = {
-        "rslad": ("RSLAD (official settings, PGD-5 inner attack), no AFT (as published).",
+        "rslad": ("RSLAD's loss and inner attack with their official defaults (alpha 5/6, the "
+                  "official KL scale), no AFT (as published), but this grid's budget, not its "
+                  "official recipe: cosine lr, weight decay 5e-4 and a PGD-5 inner attack at "
+                  "step 4/255 (official: step decay, 2e-4, PGD-10 at 2/255).",
                   ["--method=rslad"]),
-        "adaad": ("AdaAD (official settings, PGD-5 inner attack through the teacher), no AFT "
-                  "(as published).", ["--method=adaad"]),
+        "adaad": ("AdaAD's loss and inner attack (through the teacher) with their official "
+                  "defaults (alpha 1, the official KL scale), no AFT (as published), but this "
+                  "grid's budget, not its official recipe: cosine lr, weight decay 5e-4 and a "
+                  "PGD-5 inner attack at step 4/255 (official: step decay, PGD-10 at 2/255).",
+                  ["--method=adaad"]),
     }
     for name, (comment, flags) in peers.items():
         files.append(text_file(f"reproduce/cpu/{name}.cfg", [
-            f"# {comment}", f"--flagfile={cpu}/common.cfg", "--aft_epochs=0", *flags]))
+            *textwrap.wrap(comment, 88, initial_indent="# ", subsequent_indent="# "),
+            f"--flagfile={cpu}/common.cfg", "--aft_epochs=0", *flags]))
     files.append(grid_file("cpu", [
         "CPU-scale grid: ResNet-20 PGD-AT teacher, ResNet-8 students on 10,000 CIFAR-10 images,",
         "three seeds, the same budget for every row (5 epochs, +1 of AFT; RSLAD and AdaAD as",
