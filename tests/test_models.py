@@ -43,6 +43,17 @@ FEATURE_DIMS = {
     "mobilenetv2": 1280,
 }
 
+# The RobustBench architectures (gacd-import; exact against PyTorch in
+# test_torch_import.py, with torch): feature dimension at full size, and the small
+# builder options that keep a build here cheap (the full ones have up to 267M weights).
+ROBUSTBENCH_FEATURE_DIMS = {
+    "wrn_28_10": 640, "wrn_34_15": 960, "wrn_34_20": 1280, "wrn_70_16": 1024,
+    "dm_wrn_28_10": 640, "dm_wrn_34_20": 1280, "dm_wrn_70_16": 1024,
+    "dm_preact_resnet18": 512, "preact_resnet18": 512,
+}
+SMALL = {"wrn": dict(depth=10, widen_factor=1), "dm_wrn": dict(depth=10, widen_factor=1),
+         "dm_preact_resnet18": {}, "preact_resnet18": {}}
+
 # Published trainable-parameter counts for 10 classes (He et al. 2016 Table 6,
 # Zagoruyko & Komodakis 2016, RepDistiller/CRD tables, kuangliu/pytorch-cifar).
 PUBLISHED_PARAMS = {
@@ -140,8 +151,21 @@ def images(size=32, seed=0):
 
 # ----------------------------------------------------------------- the zoo
 def test_registered_names():
-    assert model_names() == sorted(FEATURE_DIMS)
-    assert set(MODELS.names()) == set(FEATURE_DIMS)
+    assert model_names() == sorted({**FEATURE_DIMS, **ROBUSTBENCH_FEATURE_DIMS})
+    assert set(MODELS.names()) == set(FEATURE_DIMS) | set(ROBUSTBENCH_FEATURE_DIMS)
+
+
+@pytest.mark.parametrize("name", sorted(ROBUSTBENCH_FEATURE_DIMS))
+def test_robustbench_architectures_build_with_features_and_any_class_count(name):
+    options = SMALL.get(name) if name in SMALL else SMALL[name.rsplit("_", 2)[0]]
+    model = build_model(name, num_classes=7, **options)
+    assert model.output_shape == (None, 7) and num_classes(model) == 7
+    width = options.get("widen_factor")
+    # Small options divide a wide ResNet's last width (64 x widen_factor) by its factor.
+    expected = ROBUSTBENCH_FEATURE_DIMS[name] if width is None else 64 * width
+    assert feature_dim(model) == expected
+    features, logits = features_and_logits(model)(np.zeros((2, 32, 32, 3), "float32"))
+    assert tuple(features.shape) == (2, expected) and tuple(logits.shape) == (2, 7)
 
 
 def _check_model(name, classes):

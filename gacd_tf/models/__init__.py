@@ -29,6 +29,9 @@ from gacd_tf.models.registry import (
 
 # Importing the architecture modules registers their names in MODELS.
 from gacd_tf.models import mobilenetv2, resnet, resnet_cifar, wide_resnet  # noqa: E402,F401
+# RobustBench's architectures (docs/models.md, docs/robustbench.md).
+from gacd_tf.models import (  # noqa: E402,F401
+    dm_preact_resnet, dm_wide_resnet, preact_resnet, robustbench_wide_resnet)
 
 __all__ = [
     "CIFAR10_MEAN",
