@@ -97,7 +97,7 @@ LOAD = """
 import json, sys
 import numpy as np
 from gacd_tf.programs import distill
-from gacd_tf.programs.common import FLAGS
+from gacd_tf.programs.flag_core import FLAGS
 from gacd_tf.programs.data_flags import load_data_from_flags
 distill.define_flags()
 FLAGS(["prog"] + sys.argv[1:])

@@ -60,33 +60,33 @@ def define_flags():
     common.define_load_flags()
     flag_core.DEFINE_string("output_dir", None, "Output folder (created if needed).")
     flag_core.DEFINE_list("models", [], "transfer / correlation / tsne: .keras model files "
-                       "(correlation: the students).")
+                          "(correlation: the students).")
     flag_core.DEFINE_string("teacher", None, "correlation: the teacher, a .keras file; tsne: "
-                         "drawn first when given.")
+                            "drawn first when given.")
     flag_core.DEFINE_list("runs", [], "report: run folders written by gacd-train-teacher or "
-                       "gacd-distill (flags.json, metrics.json, model.keras).")
+                          "gacd-distill (flags.json, metrics.json, model.keras).")
     flag_core.DEFINE_list("classes", [], "transfer: keep only these classes of --dataset as the "
-                       "target task, relabelled 0..k-1 (e.g. 5,6,7,8,9); default all.")
+                          "target task, relabelled 0..k-1 (e.g. 5,6,7,8,9); default all.")
     flag_core.DEFINE_integer("transfer_attack_steps", 7, "transfer: PGD steps of the robust "
-                          "accuracy (Table 4: PGD-7; --eps, --step_size apply).", lower_bound=0)
+                             "accuracy (Table 4: PGD-7; --eps, --step_size apply).", lower_bound=0)
     flag_core.DEFINE_bool("augment", True, "transfer: pad-4 crop + flip while training the head.")
     flag_core.DEFINE_list("tsne_classes", ["9", "2"], "tsne: SOURCE,TARGET classes; adversarial "
-                       "SOURCE images are crafted to be classified as TARGET (paper: truck, "
-                       "bird).")
+                          "SOURCE images are crafted to be classified as TARGET (paper: truck, "
+                          "bird).")
     flag_core.DEFINE_integer("tsne_examples", 100, "tsne: test images per class.", lower_bound=2)
     flag_core.DEFINE_float("tsne_perplexity", 30.0, "tsne: t-SNE perplexity.", lower_bound=1.0)
     flag_core.DEFINE_string("distill_flagfile", None, "sweep: the gacd-distill flagfile every "
-                         "grid point starts from.")
+                            "grid point starts from.")
     flag_core.DEFINE_string("distill_args", "", "sweep: more gacd-distill arguments for every "
-                         "run, shell-quoted, e.g. \"--epochs=1 --data_dir=DIR\".")
+                            "run, shell-quoted, e.g. \"--epochs=1 --data_dir=DIR\".")
     flag_core.DEFINE_string("sweep_flag", None, "sweep: the gacd-distill flag to vary, e.g. "
-                         "nce_k or nce_t.")
+                            "nce_k or nce_t.")
     flag_core.DEFINE_list("sweep_values", [], "sweep: the grid values of --sweep_flag.")
     flag_core.DEFINE_integer("sweep_timeout", None, "sweep: seconds allowed per run (unset: no "
-                          "limit).", lower_bound=1)
+                             "limit).", lower_bound=1)
     flag_core.DEFINE_list("report_parts", ["correlation", "tsne"], "report: analyses to run "
-                       f"besides the tables, from {', '.join(REPORT_PARTS)} (transfer uses "
-                       "--dataset, --classes and the optimizer flags).")
+                          f"besides the tables, from {', '.join(REPORT_PARTS)} (transfer uses "
+                          "--dataset, --classes and the optimizer flags).")
     flag_core.DEFINE_integer("verbose", 0, "Keras progress output (0, 1 or 2).")
 
 

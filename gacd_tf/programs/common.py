@@ -23,17 +23,15 @@ from gacd_tf.models.io import load_model
 from gacd_tf.programs import devices
 from gacd_tf.programs.folders import prepare_output_dir  # noqa: F401 (for the programs)
 from gacd_tf.serving import load_classifier
-from gacd_tf.programs.flag_core import (  # noqa: F401 (re-exported for the programs)
+from gacd_tf.programs.flag_core import (
     FLAGS,
     DEFINE_bool,
     DEFINE_enum,
     DEFINE_float,
     DEFINE_integer,
     DEFINE_list,
-    DEFINE_string,
     arguments_as_flags,
     flag_values,
-    run,
 )
 from gacd_tf.training import (
     SCHEDULES,

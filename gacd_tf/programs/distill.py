@@ -50,21 +50,21 @@ def define_flags():
     common.define_optimizer_flags(epochs=100, learning_rate=0.1)
     devices.define_distribute_flags()
     flag_core.DEFINE_string("teacher", None, "The robust teacher, a .keras file (required by "
-                         "every method but the teacher-free 'natural', which ignores it).")
+                            "every method but the teacher-free 'natural', which ignores it).")
     common.define_load_flags()
     flag_core.DEFINE_string("arch", "resnet20", "Student architecture from the model zoo.")
     common.register_arch_validator()
     flag_core.DEFINE_string("model_dir", None, "Output folder (created if needed).")
     flag_core.DEFINE_integer("train_attack_steps", 10, "ARD/AFT: PGD steps of the student "
-                          "attack.", lower_bound=1)
+                             "attack.", lower_bound=1)
     flag_core.DEFINE_float("train_step_size", None, "ARD/AFT: PGD step size (default "
-                        "--step_size).", lower_bound=0.0)
+                           "--step_size).", lower_bound=0.0)
     method_flags.define_method_flags()
     # AFT
     flag_core.DEFINE_integer("aft_epochs", 0, "Adversarial fine-tuning epochs after "
-                          "distillation (PGD-AT of the whole student).", lower_bound=0)
+                             "distillation (PGD-AT of the whole student).", lower_bound=0)
     flag_core.DEFINE_float("aft_learning_rate", 0.01, "AFT learning rate (constant).",
-                        lower_bound=0.0)
+                           lower_bound=0.0)
     data_flags.define_validation_flags(500, "attacked after each epoch with the evaluation "
                                    "attack and logged as val_*")
     flag_core.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")

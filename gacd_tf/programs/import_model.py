@@ -40,35 +40,35 @@ from gacd_tf.programs.flag_core import FLAGS  # noqa: E402
 
 def define_flags():
     flag_core.DEFINE_string("checkpoint", None, "The PyTorch state_dict: a .pt/.pth file "
-                         "(torch.save; read with weights_only=True) or a .safetensors file. "
-                         "With --robustbench_model, defaults to "
-                         "--model_dir/DATASET/THREAT_MODEL/NAME.pt.")
+                            "(torch.save; read with weights_only=True) or a .safetensors file. "
+                            "With --robustbench_model, defaults to "
+                            "--model_dir/DATASET/THREAT_MODEL/NAME.pt.")
     flag_core.DEFINE_string("arch", None, "The architecture of the checkpoint (docs/models.md, "
-                         "'RobustBench architectures'), e.g. wrn_34_10, dm_wrn_70_16, "
-                         "preact_resnet18. With --robustbench_model, read from RobustBench's "
-                         "model list.")
+                            "'RobustBench architectures'), e.g. wrn_34_10, dm_wrn_70_16, "
+                            "preact_resnet18. With --robustbench_model, read from RobustBench's "
+                            "model list.")
     flag_core.DEFINE_string("output", None, "Write the imported model to this .keras file.")
     flag_core.DEFINE_integer("num_classes", None, "The class count; unset: read from the "
-                          "checkpoint's last layer (a given count must agree with it).",
-                          lower_bound=2)
+                             "checkpoint's last layer (a given count must agree with it).",
+                             lower_bound=2)
     flag_core.DEFINE_string("robustbench_model", None, "A RobustBench model name, e.g. "
-                         "Zhang2019Theoretically: resolves --arch (needs the robustbench "
-                         "package, pip install \"gacd_tf[torch]\").")
+                            "Zhang2019Theoretically: resolves --arch (needs the robustbench "
+                            "package, pip install \"gacd_tf[torch]\").")
     flag_core.DEFINE_enum("threat_model", "Linf", list(THREAT_MODELS), "RobustBench's threat "
-                       "model of --robustbench_model.")
+                          "model of --robustbench_model.")
     flag_core.DEFINE_string("model_dir", "models", "RobustBench's model folder: "
-                         "--robustbench_model checkpoints are looked for (and downloaded to) "
-                         "MODEL_DIR/DATASET/THREAT_MODEL/NAME.pt.")
+                            "--robustbench_model checkpoints are looked for (and downloaded to) "
+                            "MODEL_DIR/DATASET/THREAT_MODEL/NAME.pt.")
     flag_core.DEFINE_enum("dataset", "cifar10", DATASETS.names(), "The dataset of the "
-                       "checkpoint (its test images measure the natural accuracy).")
+                          "checkpoint (its test images measure the natural accuracy).")
     flag_core.DEFINE_string(
         "data_dir", os.environ.get("GACD_DATA_DIR") or None,
         "Folder with the dataset's official binary files (offline). Unset: "
         "tensorflow-datasets downloads it. Defaults to $GACD_DATA_DIR.")
     flag_core.DEFINE_integer("accuracy_examples", 1000, "Print the natural accuracy on the "
-                          "first this many test images (0: do not measure).", lower_bound=0)
+                             "first this many test images (0: do not measure).", lower_bound=0)
     flag_core.DEFINE_integer("batch_size", 100, "Batch size of the accuracy measurement.",
-                          lower_bound=1)
+                             lower_bound=1)
     flags.mark_flag_as_required("output")
 
 

@@ -20,8 +20,8 @@ def define_method_flags():
     on = [n for n in registry.names() if registry.get(n).REWEIGHT is True]
     off = [n for n in registry.names() if registry.get(n).REWEIGHT is False]
     flag_core.DEFINE_bool("reweight", None, "Weight each sample by the teacher's probability of "
-                       f"its true class (default: on for {', '.join(on)}, off for "
-                       f"{', '.join(off)}; methods without a teacher ignore it).")
+                          f"its true class (default: on for {', '.join(on)}, off for "
+                          f"{', '.join(off)}; methods without a teacher ignore it).")
     defined = {}
     for name in registry.names():
         for setting in registry.get(name).SETTINGS:
@@ -41,7 +41,7 @@ def _define(setting):
     bounds = {k: v for k, v in bounds.items() if v is not None}
     if setting.kind == "float":
         flag_core.DEFINE_float(setting.name, setting.default, setting.help,
-                            positive=setting.positive, **bounds)
+                               positive=setting.positive, **bounds)
     elif setting.kind == "int":
         if setting.positive:
             bounds.setdefault("lower_bound", 1)

@@ -72,15 +72,15 @@ MEASURES = (("natural", "natural_accuracy"), ("pgd", "robust_accuracy"),
 
 def define_flags():
     flag_core.DEFINE_string("grid", None, "The grid: an INI file naming the teacher, the methods' "
-                         "gacd-distill flagfiles and the seeds (see flags/reproduce/).")
+                            "gacd-distill flagfiles and the seeds (see flags/reproduce/).")
     flag_core.DEFINE_string("output_dir", None, "Output folder: the runs, their logs and the "
-                         "results (created if needed).")
+                            "results (created if needed).")
     flag_core.DEFINE_string(
         "data_dir", os.environ.get("GACD_DATA_DIR") or None,
         "Passed to every run: folder with the dataset's official binary files. Defaults to "
         "$GACD_DATA_DIR.")
     flag_core.DEFINE_bool("results_only", False, "Train nothing: tabulate the runs finished so "
-                       "far (e.g. while the grid runs in another process).")
+                          "far (e.g. while the grid runs in another process).")
 
 
 # ----------------------------------------------------------------------------- the grid

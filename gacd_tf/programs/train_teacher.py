@@ -36,11 +36,11 @@ def define_flags():
     common.register_arch_validator()
     common.define_optimizer_flags(epochs=100, learning_rate=0.1)
     flag_core.DEFINE_integer("train_attack_steps", 10, "PGD steps of the training attack.",
-                          lower_bound=1)
+                             lower_bound=1)
     flag_core.DEFINE_float("train_step_size", None, "PGD step size of the training attack "
-                        "(default: --step_size).", lower_bound=0.0)
+                           "(default: --step_size).", lower_bound=0.0)
     flag_core.DEFINE_float("trades_beta", None, "TRADES beta; unset trains Madry PGD-AT.",
-                        lower_bound=0.0)
+                           lower_bound=0.0)
     data_flags.define_validation_flags(500, "attacked after each epoch to pick best.keras")
     flag_core.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
     flag_core.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
