@@ -78,6 +78,12 @@ def attack_norms(name):
     return tuple(getattr(ATTACKS.get(name), "NORMS", ALL_NORMS))
 
 
+def needs_gradients(name):
+    """False for an attack that only queries the model's outputs (its ``NEEDS_GRADIENTS``;
+    default True): the one to run on a model whose gradients are masked (TFLite)."""
+    return bool(getattr(ATTACKS.get(name), "NEEDS_GRADIENTS", True))
+
+
 def autoattack_names(version="standard", attacks=None):
     """The attacks AutoAttack runs: ``attacks`` if given, else the version's."""
     if version not in AA_VERSIONS:

@@ -95,6 +95,7 @@ class Square:
     """
 
     NORMS = ("linf",)  # the threat models implemented (the reference also has l2)
+    NEEDS_GRADIENTS = False  # score-based: it queries the model's logits only
 
     name = "square"
 

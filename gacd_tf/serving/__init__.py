@@ -1,9 +1,13 @@
-"""Serving: export a zoo classifier for TF Serving (SavedModel) or ONNX, and load it back.
+"""Serving: export a zoo classifier for TF Serving (SavedModel), ONNX or TFLite, and load it back.
 
 Layout (what TF Serving's ``--model_base_path=BASE/NAME`` expects)::
 
     BASE/NAME/1/saved_model.pb, variables/    <- one integer folder per version
     BASE/NAME/2/...
+
+``gacd-export --format=tflite`` (:func:`export_tflite`) writes
+``BASE/NAME/N/model.tflite`` and ``settings.json`` in the same layout;
+:class:`TFLiteModel` runs one (docs/edge.md).
 
 Signatures of an exported SavedModel (see :class:`ServingModule`):
 
@@ -25,19 +29,25 @@ Example:
 
 from gacd_tf.serving.export_onnx import export_onnx
 from gacd_tf.serving.export_saved_model import export_saved_model
+from gacd_tf.serving.export_tflite import export_tflite
 from gacd_tf.serving.load_saved_model import load_classifier, load_saved_model
 from gacd_tf.serving.served_model import ServedModel
 from gacd_tf.serving.serving_module import ServingModule
+from gacd_tf.serving.tflite_model import TFLiteModel, load_tflite, tflite_file
 from gacd_tf.serving.versions import existing_versions
 from gacd_tf.serving.write_version import write_version
 
 __all__ = [
     "ServedModel",
     "ServingModule",
+    "TFLiteModel",
     "existing_versions",
     "export_onnx",
     "export_saved_model",
+    "export_tflite",
     "load_classifier",
     "load_saved_model",
+    "load_tflite",
+    "tflite_file",
     "write_version",
 ]
