@@ -11,7 +11,10 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "gacd_tf" / "__init__.py
 # gacd-analyze: pictures (Agg, headless) and t-SNE.
 ANALYSIS = ["matplotlib>=3.8", "scikit-learn>=1.4"]
 # pytest-xdist: the tests run on every core (pytest.ini), one test file per worker.
-TEST = ["pytest>=8", "pytest-xdist>=3.5", "POT>=0.9.4"] + ANALYSIS
+# gacd-export --format=tflite, gacd-evaluate on .tflite files: the LiteRT interpreter
+# (22 MB wheel; installs beside tensorflow-cpu 2.21 without changing numpy or protobuf).
+TFLITE = ["ai-edge-litert>=2.3"]
+TEST = ["pytest>=8", "pytest-xdist>=3.5", "POT>=0.9.4"] + ANALYSIS + TFLITE
 
 setup(
     name="gacd_tf",
@@ -36,6 +39,7 @@ setup(
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
         "test": TEST,
         "analysis": ANALYSIS,
+        "tflite": TFLITE,
         # gacd-export --format=onnx (tf2onnx 1.17 works with TF 2.21, numpy 2, protobuf 7).
         "onnx": ["tf2onnx>=1.17", "onnx>=1.17", "onnxruntime>=1.20"],
         # export/grpc_client.py. tensorflow-serving-api 2.21 declares a dependency on
@@ -43,6 +47,11 @@ setup(
         # listed here: add it with `pip install --no-deps "tensorflow-serving-api==2.21.*"`
         # (docs/serving.md); with the gpu extra a plain install works.
         "serving": ["grpcio>=1.60"],
+        # gacd-import: PyTorch / RobustBench checkpoints as Keras models (docs/robustbench.md).
+        # robustbench is installed for its architecture files and model lists only: as a
+        # package it cannot be imported without autoattack (GitHub only) and pkg_resources.
+        # The PyPI torch wheel brings ~3 GB of CUDA libraries; a CPU-only torch is enough.
+        "torch": ["torch>=2.4", "safetensors>=0.4", "robustbench==1.1.1"],
         "dev": TEST + ["ruff"],
     },
     entry_points={
@@ -53,6 +62,7 @@ setup(
             "gacd-export=gacd_tf.programs.export:entry_point",
             "gacd-analyze=gacd_tf.programs.analyze:entry_point",
             "gacd-reproduce=gacd_tf.programs.reproduce:entry_point",
+            "gacd-import=gacd_tf.programs.import_model:entry_point",
         ]
     },
     classifiers=[

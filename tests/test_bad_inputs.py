@@ -77,6 +77,8 @@ def inputs(tmp_path_factory):
     (root / "bad_saved_model" / "saved_model.pb").write_bytes(b"\x00garbage\xff" * 10)
     # A file where a folder is needed.
     (root / "blocker").write_text("a file, not a folder")
+    # An export base path whose version 1 exists.
+    (root / "versions" / "1").mkdir(parents=True)
     return root
 
 
@@ -124,8 +126,8 @@ CATALOGUE = [
      ["--batch_size=7 is not divisible by the 2 replicas of --strategy=mirrored; "
       "use a multiple of 2"]),
     ("unknown_arch", "train_teacher", ["--arch=resnet9"],
-     ["flag --arch=resnet9: unknown architecture; choose one of: mobilenetv2, ",
-      "resnet8, wrn_16_2"]),
+     ["flag --arch=resnet9: unknown architecture; choose one of: dm_preact_resnet18, ",
+      "mobilenetv2, preact_resnet18, ", "resnet8, wrn_16_2"]),
     ("unknown_dataset", "evaluate", ["--dataset=mnist"],
      ["flag --dataset=mnist: value should be one of <cifar10|cifar100|stl10>"]),
     ("unknown_flag", "evaluate", ["--epz=0.1"],
@@ -144,6 +146,28 @@ CATALOGUE = [
      ["error: --val_examples=20 leaves no training examples: the train split holds 20"]),
     ("test_examples_too_many", "evaluate", ["--test_examples=11"],
      ["error: --test_examples=11 is out of range: the test split holds 10 examples"]),
+    ("train_examples_beyond_the_holdout", "train_teacher",
+     ["--val_examples=10", "--train_examples=15"],
+     ["error: --train_examples=15 is out of range: the train split holds 20 examples, 10 of "
+      "them held out by --val_examples=10; ask for 1 to 10"]),
+    ("batch_larger_than_the_split", "train_teacher", ["--batch_size=32"],
+     ["the train split holds 20 examples, fewer than one batch of --batch_size=32"]),
+    ("export_version_exists", "export", ["--export_dir={root}/versions", "--version=1"],
+     ["version folder {root}/versions/1 already exists; pass another --version, leave "
+      "--version out for the next free one, or pass --overwrite to replace it"]),
+    # --- TFLite (docs/edge.md): quantisation masks gradients; --quantize is TFLite's alone
+    ("tflite_gradient_attack", "evaluate", ["--model={root}/student.tflite", "--attack=pgd"],
+     ["--attack=pgd needs the model's gradients, but --model={root}/student.tflite is a "
+      "TFLite model: quantisation masks gradients",
+      "use --attack=square (score-based, no gradients) or --transfer_from=MODEL"]),
+    ("tflite_autoattack", "evaluate", ["--model={root}/student.tflite", "--attack=autoattack"],
+     ["--attack=autoattack needs the model's gradients", "--transfer_from=MODEL"]),
+    ("quantize_without_tflite", "export", ["--quantize=int8"],
+     ["--quantize=int8 applies only to --format=tflite, not --format=saved_model"]),
+    ("calibration_examples_too_many", "export",
+     ["--format=tflite", "--quantize=int8", "--data_dir={root}/data",
+      "--calibration_examples=21"],
+     ["error: --calibration_examples=21 is out of range: the train split holds 20 examples"]),
     # --- teacher / model / dataset mismatch
     ("teacher_class_count", "distill", ["--dataset=cifar100"],
      ["teacher ({root}/teacher.keras) has 10 classes but cifar100 has 100; "
@@ -266,3 +290,83 @@ def test_a_teacher_that_outputs_probabilities_is_refused_by_every_method(inputs,
         f"teacher ({inputs}/softmax.keras) outputs probabilities (every row is >= 0 and sums "
         "to 1, e.g. a final softmax), not logits", "remove the final softmax"])
     _assert_nothing_complete(out)
+
+
+# --- gacd-import: PyTorch (RobustBench) checkpoints. Writing these inputs needs the [torch]
+# extra (torch, safetensors, robustbench): the rows skip, with the reason, without it.
+BASE["import_model"] = ["--checkpoint={root}/torch/good.pt", "--arch=wrn_16_2",
+                        "--data_dir={root}/data", "--output={out}/model.keras"]
+RB_NAME = ["--checkpoint=", "--arch=", "--model_dir={root}/torch/models"]
+ZHANG = "{root}/torch/models/cifar10/Linf/Zhang2019Theoretically.pt"
+IMPORT_CATALOGUE = [
+    ("code_in_pickle", "import_model", ["--checkpoint={root}/torch/evil.pt"],
+     ["--checkpoint={root}/torch/evil.pt holds Python objects other than tensors",
+      "which torch.load(weights_only=True) refused without running them"]),
+    ("missing_key", "import_model", ["--checkpoint={root}/torch/missing.pt"],
+     ["--checkpoint={root}/torch/missing.pt: key 'block1.layer.0.bn1.running_var' is missing "
+      "(1 missing in all); does --arch=wrn_16_2 match the checkpoint?"]),
+    ("unexpected_key", "import_model", ["--checkpoint={root}/torch/unexpected.pt"],
+     ["--checkpoint={root}/torch/unexpected.pt: unexpected key 'head.weight' (1 unexpected "
+      "in all); does --arch=wrn_16_2 match the checkpoint?"]),
+    ("misshaped_key", "import_model", ["--checkpoint={root}/torch/misshaped.pt"],
+     ["--checkpoint={root}/torch/misshaped.pt: key 'conv1.weight' has shape (3, 16, 3, 3), "
+      "but wrn_16_2 needs (16, 3, 3, 3)"]),
+    ("arch_of_another_checkpoint", "import_model", ["--arch=wrn_34_10"],
+     ["key 'block1.layer.2.bn1.weight' is missing",
+      "does --arch=wrn_34_10 match the checkpoint?"]),
+    ("arch_without_a_pytorch_layout", "import_model", ["--arch=resnet20"],
+     ["--arch=resnet20: no PyTorch (RobustBench) layout is known for it; choose one of: "
+      "dm_preact_resnet18, "]),
+    ("num_classes_disagrees", "import_model", ["--num_classes=100"],
+     ["--num_classes=100, but --checkpoint={root}/torch/good.pt has 10 classes "
+      "(key 'fc.weight' has shape (10, 128))"]),
+    ("checkpoint_missing", "import_model", ["--checkpoint={root}/torch/nothing.pt"],
+     ["--checkpoint={root}/torch/nothing.pt does not exist; pass a .pt, .pth or "
+      ".safetensors file"]),
+    ("checkpoint_not_pytorch", "import_model", ["--checkpoint={root}/teacher.keras"],
+     ["--checkpoint={root}/teacher.keras must end in .pt, .pth, .safetensors"]),
+    ("truncated_checkpoint", "import_model", ["--checkpoint={root}/torch/truncated.pt"],
+     ["could not read --checkpoint={root}/torch/truncated.pt as a PyTorch checkpoint",
+      "download it again"]),
+    ("no_checkpoint", "import_model", ["--checkpoint="],
+     ["give --checkpoint=FILE and --arch=NAME, or --robustbench_model=NAME"]),
+    ("output_not_keras", "import_model", ["--output={root}/torch/model.h5"],
+     ["--output={root}/torch/model.h5 must end in .keras"]),
+    ("robustbench_checkpoint_offline", "import_model",
+     RB_NAME + ["--robustbench_model=Zhang2019Theoretically"],
+     [f"--robustbench_model=Zhang2019Theoretically: its checkpoint {ZHANG} is not here and "
+      "could not be downloaded", "fetch https://drive.google.com/uc?id="
+      f"1hPz9QQwyM7QSuWu-ANG_uXR-29xtL8t_ and save it as {ZHANG} (or pass --checkpoint=FILE)"]),
+    ("robustbench_unknown_model", "import_model", RB_NAME + ["--robustbench_model=Nobody2099"],
+     ["--robustbench_model=Nobody2099: not in RobustBench's cifar10 Linf list"]),
+    ("robustbench_model_without_a_keras_twin", "import_model",
+     RB_NAME + ["--robustbench_model=Rice2020Overfitting"],
+     ["--robustbench_model=Rice2020Overfitting: its RobustBench architecture "
+      "(Rice2020OverfittingNet) has no exact Keras counterpart in gacd_tf"]),
+]
+
+
+@pytest.fixture(scope="module")
+def torch_inputs(inputs):
+    """``inputs`` plus ``torch/``: good and bad PyTorch checkpoints (tests/torch_inputs.py)."""
+    pytest.importorskip("torch", reason='the gacd-import rows need pip install "gacd_tf[torch]"')
+    from torch_inputs import write_torch_inputs
+
+    from gacd_tf.models.robustbench_zoo import robustbench_source_dir
+
+    if robustbench_source_dir() is None:
+        pytest.skip("the gacd-import rows need robustbench (pip install --no-deps "
+                    "robustbench==1.1.1, or the [torch] extra)")
+    write_torch_inputs(inputs / "torch")
+    return inputs
+
+
+@pytest.mark.parametrize("case, program, extra, fragments", IMPORT_CATALOGUE,
+                         ids=[f"{c[1]}-{c[0]}" for c in IMPORT_CATALOGUE])
+def test_bad_import_exits_with_one_clear_line(torch_inputs, tmp_path, case, program, extra,
+                                              fragments):
+    out = tmp_path / "out"
+    result = run_program(program, *_args(program, extra, torch_inputs, out), timeout=120)
+    _assert_one_error_line(result, [f.format(root=torch_inputs) for f in fragments])
+    _assert_nothing_complete(out)
+    assert not (torch_inputs / "torch" / "pwned").exists(), "the checkpoint's code ran"
