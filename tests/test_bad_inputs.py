@@ -251,8 +251,14 @@ def _assert_nothing_complete(out):
         assert not [p for p in export.iterdir() if p.name.isdigit()], sorted(export.iterdir())
 
 
-@pytest.mark.parametrize("case, program, extra, fragments",
-                         CATALOGUE, ids=[f"{c[1]}-{c[0]}" for c in CATALOGUE])
+# Rows whose mechanism another row already exercises in CI: run with `-m slow` (each row
+# is a program start, about 8 s on 2 cores, and CI must stay under 20 minutes).
+SLOW_ROWS = {"lr_decay_epochs_decreasing", "test_examples_too_many", "missing_data_folder"}
+
+
+@pytest.mark.parametrize("case, program, extra, fragments", [
+    pytest.param(*c, id=f"{c[1]}-{c[0]}", marks=[pytest.mark.slow] if c[0] in SLOW_ROWS else [])
+    for c in CATALOGUE])
 def test_bad_input_exits_with_one_clear_line(inputs, tmp_path, case, program, extra,
                                              fragments):
     out = tmp_path / "out"

@@ -210,11 +210,6 @@ class AdaADDistiller(Distiller):
         self.adaad_alpha, self.adaad_kl_reduction = adaad_alpha, adaad_kl_reduction
         self.reweight = reweight
 
-    def student_and_teacher(self, x, training=False):
-        """The pair the inner attack ascends: both networks' logits on the same ``x``."""
-        return {"logits": self.student(x, training=training),
-                "teacher_logits": self.teacher(x, training=False)}
-
     def train_step(self, data):
         x, y, _ = unpack_batch(data)
         x_adv = self.attack(self.student_and_teacher, x, None)

@@ -51,6 +51,12 @@ class Distiller(MethodDeclaration, RobustTrainer):
     def student(self):
         return self.model
 
+    def student_and_teacher(self, x, training=False):
+        """Both networks' logits on the same ``x`` (the student's as ``logits``): what an
+        attack on the teacher-student discrepancy ascends (AdaAD's and IGDM's)."""
+        return {"logits": self.student(x, training=training),
+                "teacher_logits": self.teacher(x, training=False)}
+
     @staticmethod
     def teacher_confidence(teacher_logits, labels):
         """w = softmax(teacher logits)[true class], no gradient (GACD's sample weight)."""

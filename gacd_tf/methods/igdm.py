@@ -138,11 +138,6 @@ class IGDMDistiller(Distiller):
         self.igdm_alpha = float(igdm_alpha)
         self.attack = attack if attack is not None else AdaADAttack(steps=10)
 
-    def student_and_teacher(self, x, training=False):
-        """The pair the inner attack ascends: both networks' logits on the same ``x``."""
-        return {"logits": self.student(x, training=training),
-                "teacher_logits": self.teacher(x, training=False)}
-
     def train_step(self, data):
         x, y, _ = unpack_batch(data)
         x_plus = self.attack(self.student_and_teacher, x, None)

@@ -21,12 +21,18 @@ from gacd_tf.programs.flag_core import (
 )
 
 
-def define_data_flags(train=True):
-    DEFINE_enum("dataset", "cifar10", DATASETS.names(), "Dataset name.")
+def define_dataset_flags(use=""):
+    """``--dataset`` and ``--data_dir`` (``$GACD_DATA_DIR`` by default); ``use`` starts
+    their help (e.g. what the program reads the dataset for)."""
+    DEFINE_enum("dataset", "cifar10", DATASETS.names(), f"{use}Dataset name.")
     DEFINE_string(
         "data_dir", os.environ.get("GACD_DATA_DIR") or None,
-        "Folder with the dataset's official binary files (offline). Unset: "
+        f"{use}Folder with the dataset's official binary files (offline). Unset: "
         "tensorflow-datasets downloads it. Defaults to $GACD_DATA_DIR.")
+
+
+def define_data_flags(train=True):
+    define_dataset_flags()
     if train:
         DEFINE_integer("train_examples", None, "Use a deterministic class-balanced subset "
                        "of this many training examples.", lower_bound=1)

@@ -20,10 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags  # noqa: E402
 
 from gacd_tf.data import load_split  # noqa: E402
-from gacd_tf.data.datasets import DATASETS  # noqa: E402
 from gacd_tf.errors import ConfigError  # noqa: E402
 from gacd_tf.models.io import check_model_fits  # noqa: E402
-from gacd_tf.programs import common, flag_core  # noqa: E402
+from gacd_tf.programs import common, data_flags, flag_core  # noqa: E402
 from gacd_tf.programs.flag_core import FLAGS  # noqa: E402
 from gacd_tf.serving import export_onnx, export_saved_model, export_tflite  # noqa: E402
 from gacd_tf.serving.export_tflite import QUANTIZE  # noqa: E402
@@ -48,12 +47,8 @@ def define_flags():
                           "int8 (full-integer, calibrated on --calibration_examples "
                           "class-balanced images of the TRAINING split of --dataset); the "
                           "model still takes float32 [0, 1] pixels and returns logits.")
-    flag_core.DEFINE_enum("dataset", "cifar10", DATASETS.names(), "--quantize=int8: the "
-                          "dataset whose training split calibrates the quantisation.")
-    flag_core.DEFINE_string(
-        "data_dir", os.environ.get("GACD_DATA_DIR") or None,
-        "--quantize=int8: folder with the dataset's official binary files (offline). Unset: "
-        "tensorflow-datasets downloads it. Defaults to $GACD_DATA_DIR.")
+    # --quantize=int8 calibrates on the dataset's training split.
+    data_flags.define_dataset_flags("--quantize=int8 (calibration on its training split): ")
     flag_core.DEFINE_integer("calibration_examples", 500, "--quantize=int8: calibrate on a "
                              "deterministic class-balanced subset of this many training "
                              "examples.", lower_bound=1)

@@ -29,12 +29,11 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
 from gacd_tf.data import load_split  # noqa: E402
-from gacd_tf.data.datasets import DATASETS  # noqa: E402
 from gacd_tf.errors import ConfigError, ModelError  # noqa: E402
 from gacd_tf.models.io import check_model_fits  # noqa: E402
 from gacd_tf.models.robustbench_zoo import THREAT_MODELS, resolve_robustbench_model  # noqa: E402
 from gacd_tf.models.torch_import import import_torch_model  # noqa: E402
-from gacd_tf.programs import common, flag_core  # noqa: E402
+from gacd_tf.programs import common, data_flags, flag_core  # noqa: E402
 from gacd_tf.programs.flag_core import FLAGS  # noqa: E402
 
 
@@ -59,12 +58,8 @@ def define_flags():
     flag_core.DEFINE_string("model_dir", "models", "RobustBench's model folder: "
                             "--robustbench_model checkpoints are looked for (and downloaded to) "
                             "MODEL_DIR/DATASET/THREAT_MODEL/NAME.pt.")
-    flag_core.DEFINE_enum("dataset", "cifar10", DATASETS.names(), "The dataset of the "
-                          "checkpoint (its test images measure the natural accuracy).")
-    flag_core.DEFINE_string(
-        "data_dir", os.environ.get("GACD_DATA_DIR") or None,
-        "Folder with the dataset's official binary files (offline). Unset: "
-        "tensorflow-datasets downloads it. Defaults to $GACD_DATA_DIR.")
+    data_flags.define_dataset_flags("The checkpoint's (its test images measure the natural "
+                                    "accuracy): ")
     flag_core.DEFINE_integer("accuracy_examples", 1000, "Print the natural accuracy on the "
                              "first this many test images (0: do not measure).", lower_bound=0)
     flag_core.DEFINE_integer("batch_size", 100, "Batch size of the accuracy measurement.",
