@@ -55,6 +55,7 @@ def test_evaluate_reads_the_teacher_and_writes_json(teacher_run, tiny_cifar10, t
     (["--model={model_dir}/flags.json"], "is not a Keras v3 model file"),
     (["--model={data}/nothing.keras"], "does not exist"),
     (["--eps=-1"], "eps"),
+    (["--robustbench_json={missing}/entry.json"], "give --attack=autoattack"),
 ])
 def test_evaluate_bad_input_fails_with_one_clear_line(teacher_run, tiny_cifar10, tmp_path,
                                                       args, message):

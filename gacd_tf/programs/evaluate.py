@@ -6,6 +6,7 @@ Example:
     gacd-evaluate --model=exports/quickstart/1 --dataset=cifar10  # a SavedModel
     gacd-evaluate --model=runs/quickstart/model.keras --attack=autoattack \
         --test_examples=1000 --output=aa.json --save_adversarial=aa.npz
+    gacd-evaluate --model=teacher.keras --attack=autoattack --robustbench_json=entry.json
 
 With --attack=autoattack it prints one line per attack ("robust accuracy after
 apgd-t: 21.50 %") and the reference's sanity warnings; the --output JSON adds
@@ -32,7 +33,9 @@ from absl import flags  # noqa: E402
 from gacd_tf.attacks.registry import AUTOATTACK, needs_gradients  # noqa: E402
 from gacd_tf.data import load_split, make_dataset  # noqa: E402
 from gacd_tf.errors import ConfigError  # noqa: E402
-from gacd_tf.evaluation import evaluate_robustness, evaluate_transfer  # noqa: E402
+from gacd_tf.evaluation import (evaluate_robustness, evaluate_transfer,  # noqa: E402
+                                 robustbench_entry)
+from gacd_tf.models import model_names  # noqa: E402
 from gacd_tf.models.io import check_model_fits  # noqa: E402
 from gacd_tf.programs import attack_flags, common, data_flags, flag_core  # noqa: E402
 from gacd_tf.programs.flag_core import FLAGS  # noqa: E402
@@ -60,6 +63,11 @@ def define_flags():
                              "(5000, as in AutoAttack).", lower_bound=1)
     common.define_load_flags()
     flag_core.DEFINE_string("output", None, "Write the results to this JSON file.")
+    flag_core.DEFINE_string("robustbench_json", None, "--attack=autoattack: also write the "
+                            "result as a RobustBench model-info entry to this JSON file "
+                            "(clean_acc, autoattack_acc in percent, eps as '8/255', dataset, "
+                            "threat_model, architecture when known, number_forward_passes), "
+                            "with our seed, image count, seconds and per-attack figures.")
     flag_core.DEFINE_string("save_adversarial", None, "Write the adversarial examples (x_adv, "
                             "float32 in [0,1]), the per-example flags (robust, clean_correct) and "
                             "the labels to this .npz file.")
@@ -84,6 +92,11 @@ def main(argv):
             "a TFLite model: quantisation masks gradients, so a white-box attack on it would "
             "overstate its robustness; use --attack=square (score-based, no gradients) or "
             "--transfer_from=MODEL (adversarial examples made on the float model)")
+    if FLAGS.robustbench_json and (FLAGS.attack != AUTOATTACK or FLAGS.transfer_from
+                                   or is_tflite):
+        raise ConfigError(f"--robustbench_json={FLAGS.robustbench_json} reports an AutoAttack "
+                          "evaluation of --model itself: give --attack=autoattack, without "
+                          "--transfer_from, on a Keras model or SavedModel")
     if is_tflite:
         model = load_tflite(FLAGS.model, num_threads=FLAGS.num_threads)
     else:
@@ -97,7 +110,7 @@ def main(argv):
     check_model_fits(model, test.info, source=FLAGS.model)
     if source is not None:
         check_model_fits(source, test.info, source=FLAGS.transfer_from)
-    for flag in ("output", "save_adversarial", "progress_file"):
+    for flag in ("output", "save_adversarial", "progress_file", "robustbench_json"):
         if FLAGS[flag].value:
             common.prepare_output_dir(os.path.dirname(os.path.abspath(FLAGS[flag].value)),
                                       f"the folder of --{flag}")
@@ -144,6 +157,12 @@ def main(argv):
               f"thread(s) ({result['runtime']})")
     if FLAGS.output:
         common.write_json(FLAGS.output, result)
+    if FLAGS.robustbench_json:
+        architecture = getattr(model, "name", None)
+        entry = robustbench_entry(result, dataset=test.info.name, eps=FLAGS.eps, norm=FLAGS.norm,
+                                  architecture=architecture if architecture in model_names()
+                                  else None)
+        common.write_json(FLAGS.robustbench_json, entry)
 
 
 def tflite_figures(model):
