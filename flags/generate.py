@@ -287,6 +287,29 @@ def reproduce_files():
             ("RSLAD", f"{cpu}/rslad.cfg"), ("AdaAD", f"{cpu}/adaad.cfg"),
             ("IGDM", f"{cpu}/igdm.cfg")])]))
 
+    # gacd_departures: GACD's departures from the paper (docs/methods.md), one at a time, on
+    # the cpu grid's teacher, budget and test subsets.
+    files.append(text_file("reproduce/gacd_departures/paper_normaliser_aft.cfg", [
+        "# GACD two-sided as the cpu grid runs it, but h without CRD's normaliser Z (the",
+        "# paper's Eq. 9), then AFT.",
+        f"--flagfile={cpu}/gacd_two_sided_aft.cfg", "--nce_normaliser=paper"]))
+    files.append(text_file("reproduce/gacd_departures/no_ce_aft.cfg", [
+        "# GACD two-sided as the cpu grid runs it, but without the cross-entropy term on x+",
+        "# (the paper's Eq. 10 has none), then AFT.",
+        f"--flagfile={cpu}/gacd_two_sided_aft.cfg", "--w_ce=0"]))
+    departures = "flags/reproduce/gacd_departures"
+    files.append(grid_file("gacd_departures", [
+        "GACD's departures from the paper, one at a time (docs/methods.md): the cpu grid's",
+        "teacher, data, budget and test subsets; GACD as ours, without the normaliser Z, and",
+        "without the CE term on x+, each before and after AFT; three seeds. About 1 h on 2",
+        "cores. (The one-sided form is the cpu grid's own row; all departures together are",
+        "cpu_long's paper-literal row.)"],
+        [0, 1, 2], [("", f"{cpu}/teacher.cfg", with_controls("", [
+            ("GACD ours+AFT", f"{cpu}/gacd_two_sided_aft.cfg", "GACD ours"),
+            ("GACD paper normaliser+AFT", f"{departures}/paper_normaliser_aft.cfg",
+             "GACD paper normaliser"),
+            ("GACD no CE on x+ +AFT", f"{departures}/no_ce_aft.cfg", "GACD no CE on x+")]))]))
+
     # cpu_long: the same 10,000 images at a budget where the methods converge (issue 26):
     # a teacher trained twice as long, 30-epoch students, the peers with their official
     # recipes scaled to 30 epochs, GACD as ours and as the paper writes it; evaluation on
