@@ -216,11 +216,17 @@ def test_the_cpu_grid_gives_every_row_the_same_budget():
         assert lines[0] == "--flagfile=flags/reproduce/cpu/common.cfg"
         assert not [line for line in lines if line.split("=")[0] in (
             "--epochs", "--aft_epochs", "--train_examples", "--batch_size", "--learning_rate")]
-    for name in ("rslad", "adaad"):  # the peers as published: the same budget, no AFT
+    # The peers with their official recipes scaled to the same 5 epochs, no AFT: only the
+    # recipe's own settings (optimiser schedule, weight decay, inner attack) are changed.
+    recipe = {"--lr_schedule", "--lr_decay_epochs", "--weight_decay", "--train_attack_steps",
+              "--train_step_size"}
+    for name in ("rslad", "adaad", "igdm"):
         lines = [line for line in (ROOT / f"flags/reproduce/cpu/{name}.cfg").read_text()
                  .splitlines() if line.startswith("--")]
-        assert lines == ["--flagfile=flags/reproduce/cpu/common.cfg", "--aft_epochs=0",
-                         f"--method={name}"]
+        assert lines[:3] == ["--flagfile=flags/reproduce/cpu/common.cfg", "--aft_epochs=0",
+                             f"--method={name}"]
+        assert {line.split("=")[0] for line in lines[3:]} == recipe, name
+        assert "--train_attack_steps=10" in lines and "--lr_schedule=step" in lines
     teacher = (ROOT / "flags/reproduce/cpu/teacher.cfg").read_text()
     assert "--arch=resnet20" in teacher and "--epochs=15" in teacher
 
@@ -272,6 +278,36 @@ def test_smoke_grid_from_the_command_line_then_again_skipping_finished_runs(tmp_
     assert len(lines) == 5 and all("finished before, skipped" in line for line in lines)
 
 
+@pytest.mark.slow
+def test_two_shards_of_the_smoke_grid_at_once_from_the_command_line(tmp_path):
+    data = write_tiny_cifar10(tmp_path / "data", train=200, test=100)
+    out = tmp_path / "out"
+    args = ["--grid=flags/reproduce/smoke.cfg", f"--output_dir={out}", f"--data_dir={data}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("GACD_DATA_DIR", None)
+    shards = [subprocess.Popen([sys.executable, "-m", "gacd_tf.programs.reproduce", *args,
+                                f"--shard={i}/2"], cwd=ROOT, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+              for i in (0, 1)]
+    said = [shard.communicate(timeout=1200) for shard in shards]
+    assert [shard.returncode for shard in shards] == [0, 0], [err[-3000:] for _, err in said]
+    assert "smoke.cfg: shard 0/2: 3 of 5 runs" in said[0][0]
+    assert "smoke.cfg: shard 1/2: 2 of 5 runs" in said[1][0]
+    assert "shard 1/2: waiting for teacher, trained by shard 0/2" in said[1][0]
+    # Every run ran once: one command line in each run's log, five logs.
+    logs = sorted((out / "logs").glob("*.log"))
+    assert len(logs) == 5
+    assert all(log.read_text().count("\n$ ") == 1 for log in logs)
+    assert not (out / "results.md").exists()  # shards write no table
+    result = reproduce_cli(*args, "--results_only", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "all 5 runs finished" in result.stdout
+    with open(out / "results.csv") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["teacher", "natural", "GACD", "GACD+AFT"]
+    assert rows["natural"]["seeds"] == "2" and rows["GACD+AFT"]["seeds"] == "2"
+
+
 def test_reproduce_starts_without_tensorflow():
     """gacd-reproduce only runs the other programs: importing it loads no TensorFlow."""
     import subprocess
@@ -282,3 +318,262 @@ def test_reproduce_starts_without_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.stdout.strip() == "False False", out.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- --shard=I/N
+@pytest.mark.parametrize("shard, results_only, fragment", [
+    ("3/2", False, "--shard=3/2: I must be 0 to N-1 (here 0 to 1)"),
+    ("2/2", False, "I must be 0 to N-1"),
+    ("x", False, "--shard=x: give I/N, e.g. 0/4"),
+    ("-1/2", False, "give I/N"),
+    ("1/0", False, "N, the number of copies, must be at least 1"),
+    ("0/2", True, "--results_only tabulates every shard's runs: leave out --shard=0/2"),
+])
+def test_bad_shard_flags_are_refused(shard, results_only, fragment):
+    assert fragment in reproduce.shard_flag_problem(shard, results_only)
+
+
+def test_good_shard_flags_pass():
+    assert reproduce.shard_flag_problem("1/4") is None
+    assert reproduce.shard_flag_problem(None, True) is None
+    assert reproduce.parse_shard("0/1") == (0, 1) and reproduce.parse_shard("7/8") == (7, 8)
+
+
+def test_a_bad_shard_flag_stops_the_program_with_one_error_line(tmp_path):
+    # The validator is wired to the flag (this program starts without TensorFlow: fast).
+    result = reproduce_cli("--grid=flags/reproduce/smoke.cfg", f"--output_dir={tmp_path}/o",
+                           "--shard=3/2", timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: --shard=3/2: I must be 0 to N-1 (here 0 to 1) (fix the flag; --helpshort "
+        "lists them)"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_runs_go_to_shards_by_identity_evenly_and_stay_there(tmp_path, monkeypatch):
+    grid = reproduce.read_grid(str(write_grid(tmp_path, GRID)))
+    runs = reproduce.planned_runs(grid, "OUT")
+    keys = [run["key"] for run in runs]
+    assert len(set(keys)) == len(keys) == 7  # one identity per run
+    for count in (1, 2, 3, 5):
+        shares = [[r["key"] for r in reproduce.shard_runs(runs, i, count,
+                                                          reproduce.split(runs, count))]
+                  for i in range(count)]
+        assert sorted(sum(shares, [])) == sorted(keys)  # every run on exactly one shard
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1  # evenly
+    # The paper grid's teachers go to different shards (they train at the same time).
+    monkeypatch.chdir(ROOT)
+    paper = reproduce.planned_runs(reproduce.read_grid("flags/reproduce/paper.cfg"), "OUT")
+    owners = reproduce.split(paper, 8)
+    teachers = [owners[r["key"]] for r in paper if r["key"].startswith("teacher")]
+    assert len(teachers) == 4 and len(set(teachers)) == 4
+    # Runs the record lacks go by a fixed hash of their identity (the same everywhere).
+    assert [reproduce.shard_of(k, 2) for k in keys] == [0, 1, 1, 1, 0, 0, 0]
+    # The first shard records the split; an edited grid (rows reordered, a seed added,
+    # every run at another position) leaves every recorded run on its shard.
+    out = tmp_path / "out"
+    out.mkdir()
+    recorded = reproduce._record_split(str(out), 3, runs)
+    assert recorded == reproduce.split(runs, 3)
+    (tmp_path / "edited").mkdir()
+    edited = reproduce.planned_runs(reproduce.read_grid(str(write_grid(
+        tmp_path / "edited", EDITED_GRID))), "OUT")
+    assert [r["key"] for r in edited][:3] == ["teacher", "gacd_plus_aft/seed3", "kd/seed3"]
+    assert reproduce._record_split(str(out), 3, edited) == recorded
+    for index in range(3):
+        before = {r["key"] for r in reproduce.shard_runs(runs, index, 3, recorded)}
+        after = {r["key"] for r in reproduce.shard_runs(edited, index, 3, recorded)}
+        assert before == after - {k for k in after if k.endswith("seed3")}
+        assert {k for k in after if k.endswith("seed3")} == {
+            k for k in ("kd/seed3", "gacd_plus_aft/seed3") if reproduce.shard_of(k, 3) == index}
+
+
+EDITED_GRID = """
+[grid]
+seeds = 3, 2, 1, 0
+
+[teacher]
+flagfile = {dir}/teacher.cfg
+
+[methods]
+GACD+AFT = {dir}/gacd.cfg
+GACD = before_aft of GACD+AFT
+KD = {dir}/kd.cfg
+"""
+
+
+class FakePrograms:
+    """Stands in for the gacd programs (``subprocess.run`` of gacd-reproduce): writes
+    metrics.json from the run's flags, records each call, and notes a student started
+    before its teacher's metrics.json (a teacher still training)."""
+
+    def __init__(self, teacher_seconds=0.0, fail=()):
+        import threading
+
+        self.calls, self.early, self.lock = [], [], threading.Lock()
+        self.teacher_seconds, self.fail = teacher_seconds, set(fail)
+
+    def __call__(self, command, **kwargs):
+        import time
+
+        args = dict(a[2:].split("=", 1) for a in command[3:])
+        model_dir = pathlib.Path(args["model_dir"])
+        key = "/".join(model_dir.parts[-2:]) if "seed" in model_dir.name else model_dir.name
+        with self.lock:
+            self.calls.append(key)
+        if "teacher" in args and not (pathlib.Path(args["teacher"]).parent /
+                                      "metrics.json").is_file():
+            self.early.append(key)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        if key in self.fail:  # killed mid-way: checkpoints, no metrics.json
+            self.fail.discard(key)
+            (model_dir / "checkpoints").mkdir()
+            return subprocess.CompletedProcess(command, 1)
+        if command[2].endswith("train_teacher"):
+            (model_dir / "model.keras").write_text("epoch 1 of 2")  # saved every epoch
+            time.sleep(self.teacher_seconds)
+        seed = int(args.get("seed", 0))
+        gacd = "gacd" in args["flagfile"]
+        metrics = {"natural_accuracy": 0.6 + seed / 100 + 0.1 * gacd,
+                   "robust_accuracy": 0.2 + seed / 50, "num_examples": 100,
+                   "train_seconds": {"distill": 10.0 + seed}}
+        if gacd:
+            metrics["before_aft"] = {"natural_accuracy": 0.7, "robust_accuracy": 0.1 + seed / 10}
+        (model_dir / "metrics.json").write_text(json.dumps(metrics))
+        return subprocess.CompletedProcess(command, 0)
+
+
+@pytest.fixture
+def shard_grid(tmp_path, monkeypatch):
+    grid = reproduce.read_grid(str(write_grid(tmp_path, GRID)))
+    monkeypatch.setattr(reproduce, "POLL_SECONDS", 0.02)
+    return grid
+
+
+def _fake(monkeypatch, **kwargs):
+    fake = FakePrograms(**kwargs)
+    monkeypatch.setattr(reproduce.subprocess, "run", fake)
+    return fake
+
+
+def _table(results, out):
+    reproduce.write_results(results, str(out))
+    text = (out / "results.md").read_text()
+    results = dict(results, wall_seconds=None)
+    return results, (out / "results.csv").read_text(), text[:text.index("Wall time")]
+
+
+def test_two_shards_at_once_run_every_run_once_and_tabulate_as_one_process(
+        shard_grid, tmp_path, monkeypatch):
+    import threading
+
+    out = tmp_path / "sharded"
+    fake = _fake(monkeypatch, teacher_seconds=0.3)
+    runs = reproduce.planned_runs(shard_grid, str(out))
+    errors = []
+
+    def shard(index):
+        try:
+            reproduce.run_shard(runs, str(out), index, 2, wait_seconds=60)
+        except Exception as err:  # noqa: BLE001 (reported by the test)
+            errors.append(err)
+
+    threads = [threading.Thread(target=shard, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == [] and not any(t.is_alive() for t in threads)
+    assert sorted(fake.calls) == sorted(r["key"] for r in runs)  # each run once
+    assert fake.calls.count("teacher") == 1 and fake.early == []
+    owners = reproduce.split(runs, 2)
+    for index in (0, 1):  # each shard's wall seconds in its own ledger
+        ledger = json.loads((out / f"runs.shard-{index}-of-2.json").read_text())
+        assert {owners[k] for k in ledger} == {index}
+    assert json.loads((out / "shards.json").read_text()) == {"shards": 2, "runs": owners}
+    sharded = reproduce.aggregate(shard_grid, str(out))
+    assert sharded["missing"] == []
+
+    single = tmp_path / "single"
+    _fake(monkeypatch)
+    reproduce.execute(reproduce.planned_runs(shard_grid, str(single)), str(single))
+    assert _table(sharded, out) == _table(reproduce.aggregate(shard_grid, str(single)), single)
+
+
+def test_a_shard_waits_for_the_teacher_another_trains_and_never_trains_it(
+        shard_grid, tmp_path, monkeypatch, capsys):
+    import threading
+    import time
+
+    out = tmp_path / "out"
+    fake = _fake(monkeypatch)
+    runs = reproduce.planned_runs(shard_grid, str(out))
+    owners = reproduce.split(runs, 2)
+    index = 1 - owners["teacher"]
+    mine = [r["key"] for r in runs if owners[r["key"]] == index]
+    assert mine and "teacher" not in mine
+    teacher = out / "teacher"
+
+    def train_teacher():  # the other shard: a model saved every epoch, metrics.json last
+        teacher.mkdir(parents=True)
+        (teacher / "model.keras").write_text("epoch 1 of 2")
+        time.sleep(0.4)
+        (teacher / "metrics.json").write_text(json.dumps(
+            {"natural_accuracy": 0.8, "robust_accuracy": 0.4}))
+
+    other = threading.Thread(target=train_teacher)
+    other.start()
+    start = time.time()
+    reproduce.run_shard(runs, str(out), index, 2, wait_seconds=60)
+    other.join()
+    assert time.time() - start >= 0.4  # it waited ...
+    assert sorted(fake.calls) == sorted(mine) and fake.early == []  # ... not on model.keras
+    said = capsys.readouterr().out
+    assert (f"waiting for teacher, trained by shard {1 - index}/2 (finished when "
+            f"{teacher / 'metrics.json'} exists; its output: {out / 'logs' / 'teacher.log'})"
+            in said)
+    assert "the teacher is finished; waited" in said
+
+    # A teacher that never finishes: the shard gives up, naming it, and runs no student.
+    fresh = tmp_path / "fresh"
+    fake = _fake(monkeypatch)
+    with pytest.raises(reproduce.TrainingError, match=r"waited .* h \(--teacher_wait_hours\) "
+                       r"for the teacher teacher, trained by shard"):
+        reproduce.run_shard(reproduce.planned_runs(shard_grid, str(fresh)), str(fresh), index,
+                            2, wait_seconds=0.1)
+    assert fake.calls == []
+
+
+def test_a_restarted_shard_resumes_its_own_runs_only(shard_grid, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    runs = reproduce.planned_runs(shard_grid, str(out))
+    owners = reproduce.split(runs, 2)
+    index = owners["teacher"]
+    mine = [r["key"] for r in runs if owners[r["key"]] == index]
+    assert len(mine) >= 3
+    fake = _fake(monkeypatch, fail=[mine[2]])  # killed during its third run
+    with pytest.raises(reproduce.TrainingError, match="failed"):
+        reproduce.run_shard(runs, str(out), index, 2, wait_seconds=60)
+    assert fake.calls == mine[:3]
+    capsys.readouterr()
+    fake = _fake(monkeypatch)
+    reproduce.run_shard(runs, str(out), index, 2, wait_seconds=60)
+    assert fake.calls == mine[2:]  # the killed run, then the rest: no other shard's run
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert [("finished before, skipped" in line, "resumed and finished" in line)
+            for line in said] == ([(True, False)] * 2 + [(False, True)]
+                                  + [(False, False)] * (len(mine) - 3))
+    theirs = [r for r in runs if r["key"] not in mine]
+    assert not any(os.path.exists(r["model_dir"]) for r in theirs)
+    results = reproduce.aggregate(shard_grid, str(out))
+    assert sorted(results["missing"]) == sorted(r["name"] for r in theirs)
+    assert "Not finished yet (3 runs, left out of the table): " in reproduce.markdown(results)
+
+    # A second copy of the shard at the same time, or another number of shards: refused.
+    with reproduce._shard_lock(str(out), index, 2):
+        with pytest.raises(reproduce.ConfigError, match=rf"--shard={index}/2 is running "
+                           "already"):
+            reproduce.run_shard(runs, str(out), index, 2, wait_seconds=60)
+    with pytest.raises(reproduce.ConfigError, match=r"--shard=I/3, but .* is split into 2 "
+                       r"shards .*shards.json.*--shard=I/2"):
+        reproduce.run_shard(runs, str(out), 0, 3, wait_seconds=60)

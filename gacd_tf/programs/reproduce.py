@@ -39,6 +39,16 @@ standard deviation of the accuracies and of the training seconds; the
 teacher's row; the per-epoch collapse detector of GACD rows) and results.png
 (bars with error bars). The standard deviation is the *sample* one (ddof=1),
 empty for a single seed.
+
+On a cluster, ``--shard=I/N`` (N copies, e.g. a Slurm array or a Kubernetes
+indexed Job, sharing --output_dir) gives copy I its share of the runs: the
+first shard records in shards.json which shard runs each run, by the run's
+identity (its folder, e.g. ``kd/seed1``), and every shard and restart reads
+it from there (see :func:`split`). A student whose teacher another shard
+trains waits for the teacher's metrics.json (written last, atomically, so
+the model beside it is final). Shards write no table; ``--results_only``
+makes it from every shard's runs, naming the runs still missing
+(docs/cluster.md).
 """
 
 import os
@@ -46,14 +56,26 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import configparser  # noqa: E402
+import contextlib  # noqa: E402
 import csv  # noqa: E402
 import dataclasses  # noqa: E402
+import glob  # noqa: E402
+import hashlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import re  # noqa: E402
 import shlex  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
+
+try:  # POSIX: a shard locks its index (a second copy of it is refused)
+    import fcntl  # noqa: E402
+except ImportError:  # pragma: no cover (Windows)
+    fcntl = None
+
+from absl import flags  # noqa: E402
 
 from gacd_tf.errors import ConfigError, TrainingError  # noqa: E402
 from gacd_tf.programs import flag_core  # noqa: E402
@@ -66,6 +88,8 @@ from gacd_tf.programs.folders import prepare_output_dir  # noqa: E402
 
 BEFORE_AFT = "before_aft of "
 LEDGER = "runs.json"  # wall seconds of every run, across invocations
+SPLIT = "shards.json"  # N, and which shard runs each run, of an --output_dir split into shards
+POLL_SECONDS = 30  # how often a shard looks whether another shard's teacher is finished
 MEASURES = (("natural", "natural_accuracy"), ("pgd", "robust_accuracy"),
             ("autoattack", "autoattack"))
 
@@ -80,7 +104,63 @@ def define_flags():
         "Passed to every run: folder with the dataset's official binary files. Defaults to "
         "$GACD_DATA_DIR.")
     flag_core.DEFINE_bool("results_only", False, "Train nothing: tabulate the runs finished so "
-                          "far (e.g. while the grid runs in another process).")
+                          "far (e.g. while the grid runs in another process, or after every "
+                          "shard has finished) and name the runs still missing.")
+    flag_core.DEFINE_string(
+        "shard", None, "I/N: this is copy I (0 to N-1) of N copies that share --output_dir "
+        "(a Slurm array, a Kubernetes indexed Job); it runs only its share of the grid's runs "
+        "and writes no table (make it with --results_only once every shard has finished).")
+    flag_core.DEFINE_float(
+        "teacher_wait_hours", 48.0, "With --shard: how long a shard waits, with nothing else "
+        "to run, for a teacher another shard trains before it gives up.", positive=True)
+    flags.register_multi_flags_validator(["shard", "results_only"], _check_shard_flags)
+
+
+def _check_shard_flags(values):
+    problem = shard_flag_problem(values["shard"], values["results_only"])
+    if problem:
+        raise flags.ValidationError(problem)
+    return True
+
+
+def shard_flag_problem(shard, results_only=False):
+    """What is wrong with ``--shard`` (and ``--results_only``), or None.
+
+    Example:
+    >>> shard_flag_problem("3/2")
+    '--shard=3/2: I must be 0 to N-1 (here 0 to 1)'
+    """
+    if shard is None:
+        return None
+    try:
+        parse_shard(shard)
+    except ValueError as err:
+        return f"--shard={shard}: {err}"
+    if results_only:
+        return ("--results_only tabulates every shard's runs: leave out --shard="
+                f"{shard}")
+    return None
+
+
+def parse_shard(text):
+    """``(I, N)`` of a shard ``"I/N"``: copy I (0 to N-1) of N.
+
+    Raises:
+        ValueError: saying what the value should be.
+
+    Example:
+    >>> parse_shard("2/8")
+    (2, 8)
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match:
+        raise ValueError("give I/N, e.g. 0/4: this copy's index I (0 to N-1) of N copies")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1:
+        raise ValueError("N, the number of copies, must be at least 1")
+    if index >= count:
+        raise ValueError(f"I must be 0 to N-1 (here 0 to {count - 1})")
+    return index, count
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -240,8 +320,13 @@ def teacher_path(output_dir, group):
 def planned_runs(grid, output_dir, data_dir=None):
     """Every run of the grid in order: the teachers, then each seed's rows.
 
-    Returns a list of dicts: ``name`` (for the progress line), ``model_dir``,
-    ``command`` (argv), ``log`` (its output file).
+    Returns a list of dicts: ``name`` (for the progress line), ``key`` (the
+    run's identity: its folder under ``output_dir``, with ``/``), ``kind``
+    (``"teacher"`` or ``"student"``),
+    ``model_dir``, ``command`` (argv), ``log`` (its output file), and for a
+    student whose teacher the grid trains ``teacher_key`` and
+    ``teacher_metrics`` (that teacher's metrics.json: it is finished when
+    this file exists).
     """
     runs = []
     common_args = ([f"--data_dir={data_dir}"] if data_dir else []) + list(grid.extra_args)
@@ -251,13 +336,17 @@ def planned_runs(grid, output_dir, data_dir=None):
             model_dir = os.path.join(output_dir, folder)
             runs.append({
                 "name": "teacher" + (f" {group.name}" if group.name else ""),
-                "model_dir": model_dir, "log": os.path.join(output_dir, "logs", folder + ".log"),
+                "key": folder, "kind": "teacher", "model_dir": model_dir,
+                "log": os.path.join(output_dir, "logs", folder + ".log"),
                 "command": [sys.executable, "-m", "gacd_tf.programs.train_teacher",
                             f"--flagfile={group.teacher_flagfile}", f"--model_dir={model_dir}",
                             *common_args]})
     for seed in grid.seeds:  # seed-major: after the first seed every row has a value
         for group in grid.groups:
             teacher = teacher_path(output_dir, group)
+            trained = ({"teacher_key": teacher_folder(group),
+                        "teacher_metrics": os.path.join(os.path.dirname(teacher), "metrics.json")}
+                       if group.teacher_flagfile else {})
             for row in group.rows:
                 if row.flagfile is None:
                     continue
@@ -265,6 +354,7 @@ def planned_runs(grid, output_dir, data_dir=None):
                 model_dir = os.path.join(output_dir, folder)
                 runs.append({
                     "name": (f"{group.name}: " if group.name else "") + f"{row.label} seed {seed}",
+                    "key": folder.replace(os.sep, "/"), "kind": "student", **trained,
                     "model_dir": model_dir,
                     "log": os.path.join(output_dir, "logs", folder.replace(os.sep, "_") + ".log"),
                     "command": [sys.executable, "-m", "gacd_tf.programs.distill",
@@ -272,6 +362,67 @@ def planned_runs(grid, output_dir, data_dir=None):
                                 f"--model_dir={model_dir}",
                                 *([f"--teacher={teacher}"] if teacher else []), *common_args]})
     return runs
+
+
+def shard_of(key, count):
+    """The shard (0 to ``count`` - 1) of a run that ``shards.json`` does not list:
+    its identity ``key`` (``planned_runs``' ``key``), hashed.
+
+    SHA-256, the same on every machine and Python: a run added to a grid after
+    its shards started (a new seed, a new row) gets a shard that no list
+    position decides.
+
+    Example:
+    >>> [shard_of(key, 1) for key in ("teacher", "kd/seed0")]
+    [0, 0]
+    """
+    return int.from_bytes(_digest(key)[:8], "big") % count
+
+
+def _digest(key):
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def split(runs, count):
+    """The assignment of a grid's runs to ``count`` shards, by run identity.
+
+    Dealt round robin: the teachers first (to different shards, as long as
+    there are no more teachers than shards), then the students in the order
+    of their identity's SHA-256, so that no row of the grid lands on one
+    shard for every seed. The shards' numbers of runs differ by one at most.
+    The first shard records the deal in ``shards.json`` and every shard,
+    restarted or not, reads it from there, so it never changes while a grid
+    runs, even when the grid is edited (runs the record lacks go by
+    ``shard_of``).
+
+    Returns:
+        dict: run key -> shard.
+
+    Example:
+    >>> split([{"key": "teacher", "kind": "teacher"}, {"key": "kd/seed0"},
+    ...        {"key": "kd/seed1"}], 2)
+    {'teacher': 0, 'kd/seed1': 1, 'kd/seed0': 0}
+    """
+    teachers = [run for run in runs if run.get("kind") == "teacher"]
+    students = sorted((run for run in runs if run.get("kind") != "teacher"),
+                      key=lambda run: _digest(run["key"]))
+    return {run["key"]: i % count for i, run in enumerate(teachers + students)}
+
+
+def shard_runs(runs, index, count, assignment=None):
+    """The runs of ``runs`` (``planned_runs``' dicts) that shard ``index`` of ``count`` runs,
+    in the grid's order: those ``assignment`` (run key -> shard, as recorded in
+    ``shards.json``) gives it, and of the others those ``shard_of`` gives it.
+
+    Example:
+    >>> shard_runs([{"key": "teacher"}, {"key": "kd/seed0"}], 1, 2, {"kd/seed0": 1})
+    [{'key': 'kd/seed0'}]
+    """
+    return [run for run in runs if _owner(run["key"], count, assignment) == index]
+
+
+def _owner(key, count, assignment):
+    return (assignment or {}).get(key, shard_of(key, count))
 
 
 # ----------------------------------------------------------------------------- running
@@ -297,45 +448,183 @@ def _summary(metrics):
     return ", ".join(parts)
 
 
-def execute(runs, output_dir):
+def execute(runs, output_dir, ledger=LEDGER, shard=None, wait_seconds=None, assignment=None):
     """Runs what is not finished, one after another, printing one line per run.
 
+    Args:
+        runs: ``planned_runs``' dicts (a shard's share of them with ``shard``).
+        output_dir: the grid's output folder.
+        ledger: file (in ``output_dir``) adding up each run's wall seconds.
+        shard: ``(I, N)`` when this process is shard I of N: a run whose
+            teacher another shard trains waits until that teacher's
+            metrics.json exists (meanwhile the runs that need no waiting go
+            first).
+        wait_seconds: how long to wait, with nothing else to run, for such
+            a teacher.
+        assignment: run key -> shard (to say which shard trains a teacher).
+
     Raises:
-        TrainingError: a run that failed (naming its log); the runs before it
-            are kept and the grid resumes from it when started again.
+        TrainingError: a run that failed (naming its log), or a teacher not
+            finished in time; the runs before it are kept and the grid
+            resumes from it when started again.
+
+    Example:
+    >>> execute(planned_runs(grid, "runs/grid"), "runs/grid")  # doctest: +SKIP
     """
-    ledger_path = os.path.join(output_dir, LEDGER)
-    ledger = _read_json(ledger_path) or {}
+    wait_seconds = math.inf if wait_seconds is None else wait_seconds
+    ledger_path = os.path.join(output_dir, ledger)
+    seconds_by_run = _read_json(ledger_path) or {}
     os.makedirs(os.path.join(output_dir, "logs"), exist_ok=True)
-    for i, run in enumerate(runs, 1):
-        prefix = f"[{i}/{len(runs)}] {run['name']}"
-        metrics_path = os.path.join(run["model_dir"], "metrics.json")
-        if os.path.isfile(metrics_path):
-            print(f"{prefix}: finished before, skipped ({_summary(_read_json(metrics_path))})",
-                  flush=True)
+    mine = {run["key"] for run in runs}
+    pending, done, waiting_since = list(runs), 0, None
+
+    def waits(run):  # for a teacher that another shard trains and has not finished
+        return (shard is not None and run.get("teacher_key") is not None
+                and run["teacher_key"] not in mine and not os.path.isfile(run["teacher_metrics"]))
+
+    while pending:
+        run = next((r for r in pending if not waits(r)), None)
+        if run is None:
+            waiting_since = _wait_for_teachers(pending, output_dir, shard, wait_seconds,
+                                               waiting_since, assignment)
             continue
-        resuming = os.path.isdir(os.path.join(run["model_dir"], "checkpoints"))
-        start = time.time()
-        with open(run["log"], "a") as log:
-            log.write(f"\n$ {shlex.join(run['command'])}\n")
-            log.flush()
-            process = subprocess.run(run["command"], stdout=log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-        seconds = time.time() - start
-        key = os.path.relpath(run["model_dir"], output_dir)
-        ledger[key] = round(ledger.get(key, 0.0) + seconds, 1)
-        _write_json(ledger_path, ledger)
-        if process.returncode != 0 or not os.path.isfile(metrics_path):
-            with open(run["log"]) as log:
-                lines = [line.strip() for line in log if line.strip()]
-            last = next((line for line in reversed(lines) if line.startswith("error:")),
-                        lines[-1] if lines else "")
-            raise TrainingError(f"{run['name']} failed (exit code {process.returncode}) after "
-                                f"{seconds:.0f} s: {last} (full output: {run['log']}); fix it "
-                                "and start gacd-reproduce again: finished runs are skipped")
-        how = "resumed and finished" if resuming else "finished"
-        print(f"{prefix}: {how} in {seconds:.0f} s ({_summary(_read_json(metrics_path))})",
+        if waiting_since is not None:
+            print(f"shard {shard[0]}/{shard[1]}: the teacher is finished; waited "
+                  f"{time.time() - waiting_since:.0f} s", flush=True)
+            waiting_since = None
+        pending.remove(run)
+        done += 1
+        _execute_one(run, f"[{done}/{len(runs)}] {run['name']}", output_dir, ledger_path,
+                     seconds_by_run)
+
+
+def _wait_for_teachers(pending, output_dir, shard, wait_seconds, waiting_since, assignment):
+    """One poll of a shard whose every pending run waits for another shard's teacher."""
+    teachers = {r["teacher_key"]: r["teacher_metrics"] for r in pending}
+    what = "; ".join(
+        f"{key}, trained by shard {_owner(key, shard[1], assignment)}/{shard[1]} (finished when "
+        f"{path} exists; its output: {os.path.join(output_dir, 'logs', key + '.log')})"
+        for key, path in sorted(teachers.items()))
+    now = time.time()
+    if waiting_since is None:
+        print(f"shard {shard[0]}/{shard[1]}: waiting for {what}; giving up after "
+              f"{wait_seconds / 3600:g} h (--teacher_wait_hours)", flush=True)
+        return now
+    if now - waiting_since >= wait_seconds:
+        raise TrainingError(
+            f"shard {shard[0]}/{shard[1]} waited {wait_seconds / 3600:g} h "
+            f"(--teacher_wait_hours) for the teacher {what}, which has not finished: check "
+            "that shard (a failed run ends it with an error line), start it again, then this "
+            "shard: finished runs are skipped")
+    time.sleep(min(POLL_SECONDS, max(0.0, waiting_since + wait_seconds - now)))
+    return waiting_since
+
+
+def _execute_one(run, prefix, output_dir, ledger_path, seconds_by_run):
+    metrics_path = os.path.join(run["model_dir"], "metrics.json")
+    if os.path.isfile(metrics_path):
+        print(f"{prefix}: finished before, skipped ({_summary(_read_json(metrics_path))})",
               flush=True)
+        return
+    resuming = os.path.isdir(os.path.join(run["model_dir"], "checkpoints"))
+    start = time.time()
+    with open(run["log"], "a") as log:
+        log.write(f"\n$ {shlex.join(run['command'])}\n")
+        log.flush()
+        process = subprocess.run(run["command"], stdout=log, stderr=subprocess.STDOUT,
+                                 env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    seconds = time.time() - start
+    key = os.path.relpath(run["model_dir"], output_dir)
+    seconds_by_run[key] = round(seconds_by_run.get(key, 0.0) + seconds, 1)
+    _write_json(ledger_path, seconds_by_run)
+    if process.returncode != 0 or not os.path.isfile(metrics_path):
+        with open(run["log"]) as log:
+            lines = [line.strip() for line in log if line.strip()]
+        last = next((line for line in reversed(lines) if line.startswith("error:")),
+                    lines[-1] if lines else "")
+        raise TrainingError(f"{run['name']} failed (exit code {process.returncode}) after "
+                            f"{seconds:.0f} s: {last} (full output: {run['log']}); fix it "
+                            "and start gacd-reproduce again: finished runs are skipped")
+    how = "resumed and finished" if resuming else "finished"
+    print(f"{prefix}: {how} in {seconds:.0f} s ({_summary(_read_json(metrics_path))})",
+          flush=True)
+
+
+def run_shard(runs, output_dir, index, count, wait_seconds, grid_path="the grid"):
+    """Runs shard ``index`` of ``count``: its share of ``runs`` (see ``split``, ``execute``).
+
+    The first shard records the split in ``output_dir``/shards.json; the
+    others, and every restart, read it. Refuses an ``output_dir`` split into
+    another number of shards and, where the filesystem locks files, a second
+    copy of the same shard at the same time. Its wall seconds go to
+    ``runs.shard-I-of-N.json``; it writes no table.
+
+    Raises:
+        ConfigError: another split, or this shard already running.
+        TrainingError: as ``execute``.
+
+    Example:
+    >>> run_shard(planned_runs(grid, "runs/grid"), "runs/grid", 0, 4, 3600)  # doctest: +SKIP
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    assignment = _record_split(output_dir, count, runs)
+    share = shard_runs(runs, index, count, assignment)
+    with _shard_lock(output_dir, index, count):
+        print(f"{grid_path}: shard {index}/{count}: {len(share)} of {len(runs)} runs into "
+              f"{output_dir}", flush=True)
+        execute(share, output_dir, ledger=f"runs.shard-{index}-of-{count}.json",
+                shard=(index, count), wait_seconds=wait_seconds, assignment=assignment)
+
+
+def _record_split(output_dir, count, runs):
+    """Records (first shard) or reads (the others) the split of ``output_dir``'s runs.
+
+    Returns:
+        the recorded assignment, run key -> shard.
+    """
+    path = os.path.join(output_dir, SPLIT)
+    if not os.path.isfile(path):
+        handle, tmp = tempfile.mkstemp(dir=output_dir, prefix=".tmp-shards-")
+        with os.fdopen(handle, "w") as f:
+            json.dump({"shards": count, "runs": split(runs, count)}, f, indent=1)
+            f.write("\n")
+        try:
+            os.link(tmp, path)  # atomic, and refused when another shard was first
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links
+            if not os.path.isfile(path):
+                os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    record = _read_json(path) or {}
+    if record.get("shards") != count:
+        raise ConfigError(
+            f"--shard=I/{count}, but {output_dir} is split into {record.get('shards')} shards "
+            f"({path}): give every copy --shard=I/{record.get('shards')}, or, when no shard "
+            f"runs any more, delete {path} to split it anew (each shard then resumes the runs "
+            "it is given)")
+    return {key: int(value) for key, value in record.get("runs", {}).items()}
+
+
+@contextlib.contextmanager
+def _shard_lock(output_dir, index, count):
+    """Holds ``.shard-I-of-N.lock`` in ``output_dir``: a second copy of the shard is refused."""
+    path = os.path.join(output_dir, f".shard-{index}-of-{count}.lock")
+    with open(path, "a") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(
+                    f"--shard={index}/{count} is running already on {output_dir} (another "
+                    f"process holds {path}): start each shard once; a restarted shard "
+                    "resumes its runs once the old copy has stopped") from None
+            except OSError as err:  # a filesystem without locks: rely on the scheduler
+                print(f"warning: cannot lock {path} ({err.strerror}); make sure only one "
+                      f"copy of --shard={index}/{count} runs at a time", flush=True)
+        yield
 
 
 # ----------------------------------------------------------------------------- results
@@ -357,7 +646,7 @@ def mean_std(values):
 
     Example:
     >>> mean_std([0.5, 0.7])
-    (0.6, 0.1414213562373095)
+    (0.6, 0.14142135623730948)
     """
     values = [float(v) for v in values if v is not None]
     if not values:
@@ -409,7 +698,6 @@ def aggregate(grid, output_dir):
         ``evaluation`` (the attack and test examples of the first finished run).
     """
     rows, collapse, structure, evaluation = [], {}, {}, None
-    ledger = _read_json(os.path.join(output_dir, LEDGER)) or {}
     for group in grid.groups:
         if group.teacher_flagfile or group.teacher_model:
             folder = (os.path.join(output_dir, teacher_folder(group)) if group.teacher_flagfile
@@ -447,10 +735,19 @@ def aggregate(grid, output_dir):
                     series = _mean_series(logs, column)
                     if series:
                         table[name] = series
-    wall = math.fsum(ledger.values())
+    missing = [run["name"] for run in planned_runs(grid, output_dir)
+               if not os.path.isfile(os.path.join(run["model_dir"], "metrics.json"))]
     return {"grid": grid.path, "seeds": grid.seeds, "rows": rows, "collapse": collapse,
-            "class_structure": structure, "evaluation": evaluation, "wall_seconds": round(wall, 1),
+            "class_structure": structure, "evaluation": evaluation,
+            "wall_seconds": round(wall_seconds(output_dir), 1), "missing": missing,
             "std": "sample standard deviation over seeds (ddof=1); empty for one seed"}
+
+
+def wall_seconds(output_dir):
+    """Wall seconds of every run in ``output_dir``: runs.json plus each shard's ledger."""
+    paths = [os.path.join(output_dir, LEDGER),
+             *sorted(glob.glob(os.path.join(glob.escape(output_dir), "runs.shard-*.json")))]
+    return math.fsum(math.fsum((_read_json(path) or {}).values()) for path in paths)
 
 
 def _evaluation(metrics):
@@ -530,6 +827,9 @@ def markdown(results):
                                      f"{evaluation['autoattack_examples']} class-balanced test "
                                      "examples" if evaluation.get("autoattack_examples") else "")
                   + ".", ""]
+    if results.get("missing"):
+        lines += [f"Not finished yet ({len(results['missing'])} runs, left out of the table): "
+                  + ", ".join(results["missing"]) + ".", ""]
     lines += [markdown_table(table, columns, headers),
               f"Wall time of all runs: {results['wall_seconds'] / 3600:.2f} h "
               f"({results['wall_seconds']:.0f} s, training and evaluation).", ""]
@@ -588,6 +888,13 @@ def main(argv):
     grid = read_grid(FLAGS.grid)
     output_dir = prepare_output_dir(FLAGS.output_dir, "--output_dir")
     runs = planned_runs(grid, output_dir, FLAGS.data_dir)
+    if FLAGS.shard:
+        index, count = parse_shard(FLAGS.shard)
+        run_shard(runs, output_dir, index, count, FLAGS.teacher_wait_hours * 3600, FLAGS.grid)
+        print(f"shard {index}/{count}: its runs are finished; once every shard has finished, "
+              f"gacd-reproduce --grid={FLAGS.grid} --output_dir={output_dir} --results_only "
+              "makes the table")
+        return
     if not FLAGS.results_only:
         print(f"{FLAGS.grid}: {len(runs)} runs into {output_dir}", flush=True)
         try:
@@ -595,7 +902,11 @@ def main(argv):
         finally:  # the results of what finished, even when a run failed
             write_results(aggregate(grid, output_dir), output_dir)
     else:
-        write_results(aggregate(grid, output_dir), output_dir)
+        results = aggregate(grid, output_dir)
+        write_results(results, output_dir)
+        missing = results["missing"]
+        print(f"not finished yet, {len(missing)} of {len(runs)} runs: {', '.join(missing)}"
+              if missing else f"all {len(runs)} runs finished")
     print(f"wrote {os.path.join(output_dir, 'results.md')} (.csv, .json, .png)")
 
 
