@@ -59,7 +59,7 @@ def test_mean_std_is_the_sample_standard_deviation():
 
 
 def fake_run(model_dir, natural, pgd, seconds, autoattack=None, before=None, cosines=None,
-             structure=None):
+             structure=None, validation=None):
     model_dir.mkdir(parents=True)
     metrics = {"natural_accuracy": natural, "robust_accuracy": pgd, "num_examples": 100,
                "attack": {"attack": "pgd", "steps": 20, "eps": 8 / 255},
@@ -68,15 +68,24 @@ def fake_run(model_dir, natural, pgd, seconds, autoattack=None, before=None, cos
         metrics["autoattack"] = {"robust_accuracy": autoattack, "num_examples": 50}
     if before is not None:
         metrics["before_aft"] = before
+    columns = {}
     if cosines is not None:
         metrics["bank_cross_class_cosine"] = cosines[-1]
-        columns = {"bank_cross_class_cosine": cosines}
+        columns["bank_cross_class_cosine"] = cosines
         if structure is not None:
             columns["bank_centred_within_class_cosine"] = structure
+    # validation: (distillation epochs, AFT epochs) of val_adv_accuracy, as Keras logs it.
+    if validation is not None:
+        columns["val_adv_accuracy"] = validation[0]
+        if validation[1]:
+            with open(model_dir / "aft_log.csv", "w") as f:
+                f.write("epoch,loss,val_adv_accuracy\n")
+                f.writelines(f"{e},1.0,{v}\n" for e, v in enumerate(validation[1]))
+    if columns:
         with open(model_dir / "distill_log.csv", "w") as f:
             f.write("epoch," + ",".join(columns) + ",loss\n")
             f.writelines(f"{e}," + ",".join(str(v[e]) for v in columns.values()) + ",1.0\n"
-                         for e in range(len(cosines)))
+                         for e in range(len(next(iter(columns.values())))))
     (model_dir / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -94,8 +103,11 @@ def test_aggregation_of_known_per_run_metrics(tmp_path):
                   "num_examples": 100, "autoattack": {"robust_accuracy": aa - 0.2}}
         # Seed 0 ran before the class-structure column existed; the others log it.
         structure = None if seed == 0 else [0.5 + 0.1 * seed, 0.4]
+        # Validation PGD by epoch: two distillation epochs, then one of AFT.
+        validation = ([0.1 + seed / 100, 0.2 + seed / 100], [0.3 + seed / 100])
         fake_run(out / "gacd_plus_aft" / f"seed{seed}", nat, pgd, {"distill": 20.0, "aft": 5.0},
-                 autoattack=aa, before=before, cosines=cos, structure=structure)
+                 autoattack=aa, before=before, cosines=cos, structure=structure,
+                 validation=validation)
 
     results = reproduce.aggregate(grid, str(out))
     rows = {r["method"]: r for r in results["rows"]}
@@ -127,6 +139,9 @@ def test_aggregation_of_known_per_run_metrics(tmp_path):
     assert rows["GACD+AFT"]["bank_cross_class_cosine_mean"] == pytest.approx(0.3)
     assert results["collapse"] == {"GACD+AFT": [pytest.approx(0.2), pytest.approx(0.3)]}
     assert results["class_structure"] == {"GACD+AFT": [pytest.approx(0.65), pytest.approx(0.4)]}
+    # The budget curve: distillation then AFT epochs, mean over the seeds; KD logged none.
+    assert results["budget"] == {"GACD+AFT": [pytest.approx(0.11), pytest.approx(0.21),
+                                              pytest.approx(0.31)]}
 
     reproduce.write_results(results, str(out))
     with open(out / "results.csv") as f:
@@ -140,6 +155,7 @@ def test_aggregation_of_known_per_run_metrics(tmp_path):
     assert "| GACD+AFT | 3 | 0.6000 ± 0.0200 | 0.3300 ± 0.0300 | 0.2700 ± 0.0200 |" in text
     assert "ddof=1" in text and "Collapse detector" in text and "Class structure" in text
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Budget curve" in text and (out / "budget.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("body, fragment", [

@@ -118,7 +118,8 @@ def _numeric(values):
         return None
 
 
-def metric_curves(values, series, path, xlabel, ylabel="accuracy", failed=(), title=None):
+def metric_curves(values, series, path, xlabel, ylabel="accuracy", failed=(), title=None,
+                  log_x=None):
     """Plots metrics against a swept value; failed points are marked, not dropped.
 
     Args:
@@ -129,6 +130,8 @@ def metric_curves(values, series, path, xlabel, ylabel="accuracy", failed=(), ti
         ylabel: the y axis label.
         failed: grid values whose run failed (drawn as grey crosses on the x axis).
         title: the figure's title.
+        log_x: a log x axis (None: when the values are positive and span a
+            factor of 20 or more, as swept hyper-parameters do).
 
     Returns:
         ``path``.
@@ -139,7 +142,8 @@ def metric_curves(values, series, path, xlabel, ylabel="accuracy", failed=(), ti
     if numbers is not None:
         x = numbers
         positive = [v for v in numbers if v > 0]
-        if len(positive) == len(numbers) and max(positive) / min(positive) >= 20:
+        if log_x or (log_x is None and len(positive) == len(numbers)
+                     and max(positive) / min(positive) >= 20):
             ax.set_xscale("log")
         ax.set_xticks(numbers, [str(v) for v in values])
         ax.minorticks_off()

@@ -676,6 +676,23 @@ def _mean_series(log_paths, column):
     return [mean_std([s[e] for s in series])[0] for e in range(min(len(s) for s in series))]
 
 
+def _validation_curve(model_dir, column="val_adv_accuracy"):
+    """A run's per-epoch validation figure: its distillation epochs, then its AFT epochs
+    (None when the run logged no validation)."""
+    distill = _epoch_series(os.path.join(model_dir, "distill_log.csv"), column)
+    if not distill:
+        return None
+    return distill + (_epoch_series(os.path.join(model_dir, "aft_log.csv"), column) or [])
+
+
+def _mean_curve(curves):
+    """Per-epoch mean of the curves that exist (as long as the shortest), or None."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return None
+    return [mean_std([c[e] for c in curves])[0] for e in range(min(len(c) for c in curves))]
+
+
 def _train_seconds(metrics, phases=None):
     seconds = metrics.get("train_seconds")
     if isinstance(seconds, dict):
@@ -694,10 +711,12 @@ def aggregate(grid, output_dir):
         ``bank_cross_class_cosine_mean`` for GACD rows), ``collapse``
         (method -> mean over seeds of the per-epoch bank_cross_class_cosine
         of its distillation), ``class_structure`` (the same of
-        bank_centred_within_class_cosine, for runs that logged it) and
+        bank_centred_within_class_cosine, for runs that logged it), ``budget``
+        (method -> mean over seeds of the per-epoch validation PGD accuracy,
+        distillation then AFT epochs, for runs with --val_examples) and
         ``evaluation`` (the attack and test examples of the first finished run).
     """
-    rows, collapse, structure, evaluation = [], {}, {}, None
+    rows, collapse, structure, budget, evaluation = [], {}, {}, {}, None
     for group in grid.groups:
         if group.teacher_flagfile or group.teacher_model:
             folder = (os.path.join(output_dir, teacher_folder(group)) if group.teacher_flagfile
@@ -735,10 +754,13 @@ def aggregate(grid, output_dir):
                     series = _mean_series(logs, column)
                     if series:
                         table[name] = series
+                curve = _mean_curve([_validation_curve(os.path.dirname(log)) for log in logs])
+                if curve:
+                    budget[name] = curve
     missing = [run["name"] for run in planned_runs(grid, output_dir)
                if not os.path.isfile(os.path.join(run["model_dir"], "metrics.json"))]
     return {"grid": grid.path, "seeds": grid.seeds, "rows": rows, "collapse": collapse,
-            "class_structure": structure, "evaluation": evaluation,
+            "class_structure": structure, "budget": budget, "evaluation": evaluation,
             "wall_seconds": round(wall_seconds(output_dir), 1), "missing": missing,
             "std": "sample standard deviation over seeds (ddof=1); empty for one seed"}
 
@@ -841,7 +863,11 @@ def markdown(results):
         ("class_structure", "Class structure of the bank", "Mean cosine between student-bank "
          "rows of the same class once the rows' mean is removed "
          "(bank_centred_within_class_cosine; mean over seeds). Near 0 with a cross-class "
-         "cosine near 1: collapsed; clearly positive: the classes are apart."))
+         "cosine near 1: collapsed; clearly positive: the classes are apart."),
+        ("budget", "Budget curve", "Validation PGD accuracy (the evaluation attack on the "
+         "--val_examples images held out of the training split, never the test split) at the "
+         "end of each epoch: the distillation epochs, then the AFT epochs of rows with AFT; "
+         "mean over seeds (budget.png)."))
     for key, title, text in tables:
         if not results.get(key):
             continue
@@ -856,7 +882,8 @@ def markdown(results):
 
 
 def write_results(results, output_dir):
-    """results.json, results.csv, results.md and results.png into ``output_dir``."""
+    """results.json, results.csv, results.md, results.png and (with validation curves)
+    budget.png into ``output_dir``."""
     from gacd_tf.analysis import plots
     from gacd_tf.analysis.tables import csv_text, write_text
 
@@ -877,6 +904,14 @@ def write_results(results, output_dir):
         plots.grouped_bars(names, series, os.path.join(output_dir, "results.png"),
                            title="mean ± sample std over seeds", errors=errors,
                            size=(max(6.4, 0.9 * len(names) + 1.5), 4.0))
+        if results.get("budget"):
+            epochs = max(len(v) for v in results["budget"].values())
+            plots.metric_curves(
+                list(range(1, epochs + 1)),
+                {name: v + [None] * (epochs - len(v)) for name, v in results["budget"].items()},
+                os.path.join(output_dir, "budget.png"), "epoch (distillation, then AFT)",
+                ylabel="validation PGD accuracy", log_x=False,
+                title="validation PGD accuracy by epoch, mean over seeds")
     except ImportError as err:  # matplotlib is the "analysis" extra
         print(f"results.png not drawn ({err}); pip install -e \".[analysis]\" draws it")
 
