@@ -35,6 +35,7 @@ from gacd_tf.programs.flag_core import (
 )
 from gacd_tf.training import (
     SCHEDULES,
+    SGD_FORMS,
     TrainingCheckpoint,
     fit_multi_worker_resumable,
     fit_resumable,
@@ -90,6 +91,12 @@ def define_optimizer_flags(epochs=100, learning_rate=0.1):
                 "Step schedule: epochs (or % of the epochs) where the lr is multiplied by "
                 "--lr_decay_factor.")
     DEFINE_float("lr_decay_factor", 0.1, "Step schedule factor.", lower_bound=0.0)
+    DEFINE_enum("sgd_form", "pytorch", list(SGD_FORMS), "pytorch: SGD steps as "
+                "torch.optim.SGD (momentum buffer in gradient units, stepped at the current "
+                "lr) and the step schedule decays at its boundary step (MultiStepLR), as the "
+                "official code of every method (benchmarks/torch_parity.py); keras: "
+                "keras.optimizers.SGD (its velocity keeps the old lr across a decay) and "
+                "PiecewiseConstantDecay (one step later), the behaviour before.")
 
 
 def optimizer_from_flags(steps_per_epoch, epochs=None, learning_rate=None, lr_schedule=None):
@@ -102,7 +109,7 @@ def optimizer_from_flags(steps_per_epoch, epochs=None, learning_rate=None, lr_sc
             FLAGS.learning_rate if learning_rate is None else learning_rate,
             steps_per_epoch, epochs, schedule=lr_schedule or FLAGS.lr_schedule,
             decay_epochs=FLAGS.lr_decay_epochs, decay_factor=FLAGS.lr_decay_factor,
-            momentum=FLAGS.momentum,
+            momentum=FLAGS.momentum, sgd_form=FLAGS.sgd_form,
             # Dynamic loss scaling: float16 gradients would underflow without it.
             loss_scale="mixed_precision" in FLAGS and FLAGS.mixed_precision == "float16")
 
