@@ -25,8 +25,12 @@ The PyTorch side runs in another Python (``--reference_python``: torch and
 numpy only, nothing of gacd_tf or TensorFlow) as a subprocess of this
 script, as ``benchmarks/autoattack_crosscheck.py`` runs its reference. Its
 step functions are written from the official code (file:line in their
-comments; nothing is copied): natural, PGD-AT and AFT from Madry et al.'s
-``MadryLab/cifar10_challenge``, TRADES from ``yaodongyu/TRADES``, KD from
+comments; nothing is copied): natural from AdaAD's plain loop, PGD-AT from
+Madry et al.'s ``MadryLab/cifar10_challenge`` as it runs (its attack
+differentiates the training graph: batch statistics, running averages moved
+at every attack step; ours: ``AdversarialTrainer(attack_training_mode=True)``),
+AFT as Madry's step with the attack in eval mode (the PyTorch codes' habit and
+gacd-distill's AFT), TRADES from ``yaodongyu/TRADES``, KD from
 ``HobbitLong/RepDistiller``, ARD from ``goldblum/AdversariallyRobustDistillation``
 (``main.py``), RSLAD from ``zibojia/RSLAD``, AdaAD from ``boyellow/AdaAD``, IGDM
 from ``HongsinLee/saad``; GACD has no official code and is re-derived from
@@ -39,7 +43,16 @@ biases, batch-norm gammas, betas, running means and variances, GACD's heads,
 banks and log Z) and a verdict. The exit status is 1 if any method is beyond
 the tolerance.
 
-Tolerance. Both sides compute in float32 with different kernels, so they
+Precision. ``--dtype=float32`` (default) compares both sides in float32;
+``--dtype=float64`` runs ours with Keras' floatx float64 (the zoo's network
+rebuilt with every layer in float64, see :func:`float64_twin`) against the
+reference's float64 run, where round-off no longer hides semantics. It
+needs gacd_tf's PGD to keep a float64 batch's dtype (its ``__call__`` in
+``gacd_tf/attacks/pgd.py`` and ``gaussian_start_pgd.py`` converts the batch
+to float32 today); until then it stops with a message saying so
+(:func:`check_float64_attacks`).
+
+Tolerance in float32. Both sides compute in float32 with different kernels, so they
 agree only to round-off, and the reference measures round-off's scale itself:
 it runs every method twice, in float32 (the comparison) and in float64, and
 the table prints their distance beside ours. Two effects set the scale:
@@ -62,13 +75,28 @@ late decay) and the final weights are within ``max(--weight_tolerance,
 --roundoff_factor x PyTorch's own float32-vs-float64 distance)`` (0.2 and
 5: the weight figure is the largest, over tensors, of ``max|ours - ref|``
 relative to how far the reference moved that tensor, which round-off alone
-takes to O(1) where an attack flips signs). float64 on our side is not an
-option: gacd_tf's attacks and losses compute in float32 whatever the model's
-dtype.
+takes to O(1) where an attack flips signs). The methods whose attack runs
+batch norm in training mode (``pgd_at``, ``ard``, as their official code)
+get a per-step loss tolerance of 2e-2: there every attack step differentiates
+Keras' float32 batch norm (the second effect), so signs flip from the first
+step (``pgd_at``: 7.7e-4 at step 0, where PyTorch's float32 and float64
+agree to 3e-8, and up to 8.9e-3 by step 4), while in float64 the same
+steps agree to 2e-14.
+
+Tolerance in float64: 1e-9 on a step's loss and 1e-6 on the final weights
+(same measure). Measured in float64 the two sides agree to 4e-13 in a loss
+and 1e-11 in the weights for every method (the table in docs/benchmarks.md),
+so the bounds leave three orders of magnitude to round-off, and a semantic
+difference of 1e-4 (or 1e-6) in a loss or a weight fails by orders of
+magnitude: the float64 comparison is the sharp one. Run it with
+``--bn_running_variance=biased``: the one difference kept on purpose (the
+running variance's n / (n - 1)) would otherwise fail every method's weights.
 
 Example:
     python benchmarks/torch_parity.py --methods=natural,kd,ard,rslad,adaad,igdm,gacd \\
         --steps=5 --reference_python=/path/to/torch-env/bin/python
+    python benchmarks/torch_parity.py --methods=all --steps=5 --dtype=float64 \\
+        --bn_running_variance=biased --reference_python=/path/to/torch-env/bin/python
 
 The reference side alone (what the subprocess runs; needs no TensorFlow):
     /path/to/torch-env/bin/python benchmarks/torch_parity.py --role=reference \\
@@ -105,6 +133,13 @@ GACD_EMBED_DIM = 32
 GACD_K = 64
 GACD_T = 0.1
 GACD_MOMENTUM = 0.5
+# (per-step loss, final weights) tolerances by precision; the module docstring says why.
+TOLERANCES = {"float32": (5e-3, 0.2), "float64": (1e-9, 1e-6)}
+# Methods whose attack runs the student's batch norm in training mode (as their
+# official code): in float32 Keras' unfused batch-norm gradient flips attack
+# signs there, so their float32 loss tolerance is TRAINING_MODE_TOLERANCE.
+TRAINING_MODE_ATTACKS = ("pgd_at", "ard")
+TRAINING_MODE_TOLERANCE = 2e-2
 
 
 def parse_args(argv=None):
@@ -128,17 +163,33 @@ def parse_args(argv=None):
     p.add_argument("--attack_steps", type=int, default=10, help="PGD steps of the attacks.")
     p.add_argument("--sgd_form", choices=["pytorch", "keras"], default=None,
                    help="Our optimizer's momentum form (default: sgd_optimizer's default).")
+    p.add_argument("--pgd_at_attack_mode", choices=["training", "inference"], default="training",
+                   help="Diagnostic: our pgd_at row's attack mode ('training': Madry's code, "
+                        "AdversarialTrainer(attack_training_mode=True); 'inference': "
+                        "gacd-train-teacher's default), against Madry's training-mode step.")
+    p.add_argument("--trades_start", choices=["gaussian", "attack"], default="gaussian",
+                   help="Diagnostic: our TRADES attack's start (AdversarialTrainer "
+                        "trades_start; 'attack': PGD's clipped uniform start, given the "
+                        "driver's uniform noise).")
     p.add_argument("--bn_running_variance", choices=["unbiased", "biased"], default="unbiased",
                    help="Diagnostic: 'biased' makes the reference's batch norm update its "
                         "running variance with the biased batch variance, as Keras does "
                         "(PyTorch's own: unbiased).")
-    p.add_argument("--tolerance", type=float, default=5e-3,
-                   help="Largest relative per-step loss difference that passes.")
-    p.add_argument("--weight_tolerance", type=float, default=0.2,
-                   help="Final weight difference that passes whatever the round-off.")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="Precision of the comparison: both sides in float32, or both in "
+                        "float64 (Keras floatx float64; the reference's float64 run).")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="Largest relative per-step loss difference that passes (default: "
+                        f"{TOLERANCES['float32'][0]:g} in float32, "
+                        f"{TOLERANCES['float64'][0]:g} in float64).")
+    p.add_argument("--weight_tolerance", type=float, default=None,
+                   help="Final weight difference that passes whatever the round-off (default: "
+                        f"{TOLERANCES['float32'][1]:g} in float32, "
+                        f"{TOLERANCES['float64'][1]:g} in float64).")
     p.add_argument("--roundoff_factor", type=float, default=5.0,
-                   help="Final weight difference that passes, in units of PyTorch's own "
-                        "float32-vs-float64 distance on the same run.")
+                   help="float32: final weight difference that passes, in units of PyTorch's "
+                        "own float32-vs-float64 distance on the same run (not used in "
+                        "float64).")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data_dir", default=None,
                    help="CIFAR-10 in its official binary format (default: $GACD_DATA_DIR, "
@@ -154,7 +205,12 @@ def parse_args(argv=None):
     p.add_argument("--output_dir", default="torch_parity")
     p.add_argument("--sides", default="reference,ours",
                    help="Sides to run now (a side not run is read from --output_dir).")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.tolerance is None:
+        args.tolerance = TOLERANCES[args.dtype][0]
+    if args.weight_tolerance is None:
+        args.weight_tolerance = TOLERANCES[args.dtype][1]
+    return args
 
 
 def method_list(text):
@@ -377,15 +433,20 @@ def ref_natural(student, x, y, F, **_):
     return loss, loss.item()
 
 
-def _madry_pgd(student, x, y, uniform, F, torch, sign_ascent, attack_steps):
-    # Madry et al.'s attack (MadryLab/cifar10_challenge pgd_attack.py:46-59):
-    # a uniform start in the eps-ball clipped to the image range (:47-48),
-    # then signed steps, projected onto the ball and the range (:56-59). The
-    # loss is the summed cross-entropy (only its sign is used). Madry's TF
-    # code takes these gradients with the training graph (train.py:41,57,
-    # batch statistics, no running-average update); as TRADES' and AdaAD's
-    # PyTorch codes, and gacd_tf, the network is in eval mode here.
-    student.eval()
+def _madry_pgd(student, x, y, uniform, F, torch, sign_ascent, attack_steps, training):
+    # Madry et al.'s attack (MadryLab/cifar10_challenge pgd_attack.py:43-61):
+    # a uniform start in the eps-ball clipped to the image range (:46-48),
+    # then signed steps of the summed cross-entropy (:26-27,41,53-56; model.py
+    # :94-96), projected onto the ball and the range (:58-59).
+    # training=True: as Madry's TF code runs. Its attack differentiates the
+    # training graph (train.py:41,57: one Model(mode='train')), whose batch
+    # norm (model.py:100-110, is_training, updates_collections=None) uses batch
+    # statistics and moves the running averages at every run: here the
+    # student in training mode, each iterate's forward updating them.
+    # training=False: the network in eval mode, as the PyTorch codes make
+    # their Madry attack (boyellow/AdaAD AT_helper.py:63-64, BN_eval=True;
+    # TRADES trades.py:28) and as gacd_tf does by default.
+    student.train(training)
     start = torch.clamp(x + uniform, 0.0, 1.0)
     x_adv = sign_ascent(lambda z: F.cross_entropy(student(z), y, reduction="sum"), start, x,
                         EPS, STEP, attack_steps)
@@ -393,15 +454,20 @@ def _madry_pgd(student, x, y, uniform, F, torch, sign_ascent, attack_steps):
     return x_adv
 
 
-def ref_pgd_at(student, x, y, uniform, F, torch, sign_ascent, attack_steps, **_):
-    x_adv = _madry_pgd(student, x, y, uniform, F, torch, sign_ascent, attack_steps)
+def ref_pgd_at(student, x, y, uniform, F, torch, sign_ascent, attack_steps, training=True,
+               **_):
+    # PGD-AT as Madry's code runs: the attack in training mode (above).
+    x_adv = _madry_pgd(student, x, y, uniform, F, torch, sign_ascent, attack_steps, training)
     # The update sees only the adversarial batch (cifar10_challenge
-    # train.py:103,137; mean cross-entropy, model_train.py's xent).
+    # train.py:110-111,137) with the mean cross-entropy (model.py:97, train.py:51).
     loss = F.cross_entropy(student(x_adv), y)
     return loss, loss.item()
 
 
-ref_aft = ref_pgd_at  # AFT is PGD-AT at a small constant rate (SPEC "GACD", AFT).
+def ref_aft(**kwargs):
+    # AFT (SPEC "GACD": PGD-AT at a small constant rate; no official code):
+    # Madry's step with the attack in eval mode, as gacd-distill runs it.
+    return ref_pgd_at(training=False, **kwargs)
 
 
 def ref_trades(student, x, y, normal, F, torch, kl_sum, sign_ascent, attack_steps, **_):
@@ -729,7 +795,7 @@ def write_inputs(args, methods):
             np.float32)
     os.makedirs(args.output_dir, exist_ok=True)
     np.savez(os.path.join(args.output_dir, "inputs.npz"), **inputs)
-    config = {"methods": methods, "steps": args.steps, "seed": args.seed,
+    config = {"methods": methods, "steps": args.steps, "seed": args.seed, "dtype": args.dtype,
               "learning_rate": args.learning_rate, "aft_learning_rate": args.aft_learning_rate,
               "decay_steps": [int(d) for d in args.decay_steps.split(",") if d],
               "weight_decay": args.weight_decay, "momentum": args.momentum,
@@ -792,12 +858,18 @@ def our_trainer(method, student, teacher, args, config, inputs):
     context = gm.MethodContext(seed=args.seed, weight_decay=args.weight_decay, eps=EPS,
                                step_size=STEP, train_attack_steps=args.attack_steps,
                                epochs=args.steps, steps_per_epoch=1)
-    if method in ("pgd_at", "aft"):
+    if method == "pgd_at":
+        # PGD-AT as Madry's code runs (its attack in training mode).
+        return gm.AdversarialTrainer(student, attack=context.attack(),
+                                     weight_decay=args.weight_decay,
+                                     attack_training_mode=args.pgd_at_attack_mode == "training")
+    if method == "aft":
         return gm.AdversarialTrainer(student, attack=context.attack(),
                                      weight_decay=args.weight_decay)
     if method == "trades":
         return gm.AdversarialTrainer(student, attack=context.attack(), trades_beta=6.0,
-                                     weight_decay=args.weight_decay)
+                                     weight_decay=args.weight_decay,
+                                     trades_start=args.trades_start)
     if method == "natural":
         return gm.build("natural", student, context=context)
     settings = {}
@@ -822,13 +894,21 @@ def our_side(args, config, inputs, methods):
     from gacd_tf.models.torch_import import import_torch_model
     from gacd_tf.training import sgd_optimizer
 
+    dtype = args.dtype
+    if dtype == "float64":
+        # Before anything is built: trainers' heads, banks, optimizer slots
+        # and rates follow floatx.
+        keras.config.set_floatx("float64")
+        check_float64_attacks()
+
     def load(name, options):
         state = dict(np.load(os.path.join(args.output_dir, name)))
-        return import_torch_model(state, ARCH, **options)
+        model = import_torch_model(state, ARCH, **options)
+        return float64_twin(model) if dtype == "float64" else model
 
     teacher = load("init_teacher.npz", TEACHER)
-    uniform = tf.Variable(tf.zeros(inputs["uniform"].shape[1:]), trainable=False)
-    normal = tf.Variable(tf.zeros(inputs["normal"].shape[1:]), trainable=False)
+    uniform = tf.Variable(tf.zeros(inputs["uniform"].shape[1:], dtype), trainable=False)
+    normal = tf.Variable(tf.zeros(inputs["normal"].shape[1:], dtype), trainable=False)
     negatives = tf.Variable(tf.zeros(inputs["negatives"].shape[1:], tf.int32), trainable=False)
     results = {}
     for method in methods:
@@ -836,8 +916,10 @@ def our_side(args, config, inputs, methods):
         student = load("init_student.npz", STUDENT)
         trainer = our_trainer(method, student, teacher, args, config, inputs)
         if method in START:
-            inject_start(trainer.attack, START[method],
-                         uniform if START[method] == "uniform" else normal)
+            kind = START[method]
+            if method == "trades" and args.trades_start == "attack":
+                kind = "uniform"
+            inject_start(trainer.attack, kind, uniform if kind == "uniform" else normal)
         if method.startswith("gacd"):
             trainer.sampler = _FixedNegatives(trainer.sampler, negatives)
             for head in ("student_embed", "teacher_embed"):
@@ -863,7 +945,7 @@ def our_side(args, config, inputs, methods):
             normal.assign(inputs["normal"][t])
             negatives.assign(inputs["negatives"][t])
             rates.append(float(keras.ops.convert_to_numpy(trainer.optimizer.learning_rate)))
-            logs = trainer.train_on_batch(inputs["images"][t], inputs["labels"][t],
+            logs = trainer.train_on_batch(inputs["images"][t].astype(dtype), inputs["labels"][t],
                                           sample_weight=inputs["indices"][t], return_dict=True)
             losses.append(float(logs["loss"]))
         weights = {}
@@ -887,6 +969,7 @@ def our_side(args, config, inputs, methods):
                                            starts[f"{name}/bank"])
                 weights[f"{name}/log_z"] = (bank.log_z.numpy(), ref[f"{name}/log_z"], 0.0)
         worst, worst_name = largest_difference(weights)
+        # Round-off's scale: the reference's float32 run against its float64 run.
         ref32 = dict(np.load(os.path.join(args.output_dir, f"reference_{method}.npz")))
         ref64 = dict(np.load(os.path.join(args.output_dir, f"reference_{method}_float64.npz")))
         init = dict(np.load(os.path.join(args.output_dir, "init_student.npz")))
@@ -932,47 +1015,110 @@ def largest_difference(triples):
     return worst, worst_name
 
 
+def check_float64_attacks():
+    """Exits with a message if gacd_tf's PGD cannot take a float64 batch."""
+    import tensorflow as tf
+
+    from gacd_tf.attacks import PGD
+
+    try:
+        PGD(steps=0, random_start=False)(lambda z, training=False: z, tf.zeros([1, 2], tf.float64),
+                                         tf.zeros([1], tf.int32))
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"--dtype=float64: gacd_tf's PGD does not take a float64 batch "
+                         f"({str(error).splitlines()[0]}); gacd_tf/attacks/pgd.py and "
+                         "gaussian_start_pgd.py must keep the batch's float dtype")
+
+
+def float64_twin(model):
+    """``model`` rebuilt with every layer (its input included) in float64, same weights.
+
+    The zoo builds its input and logits layers in float32 (so they stay
+    float32 under mixed precision); here every dtype of the config becomes
+    float64, as ``gacd_tf.models.io.float32_copy`` does for float32."""
+    import keras
+
+    def to_float64(config):
+        if isinstance(config, dict):
+            if config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
+                return "float64"
+            return {key: ("float64" if key == "dtype" and value == "float32"
+                          else to_float64(value)) for key, value in config.items()}
+        if isinstance(config, list):
+            return [to_float64(item) for item in config]
+        return config
+
+    twin = model.__class__.from_config(to_float64(model.get_config()))
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 def load_reference_weights(args, method, student):
-    """The reference's final weights: the student's in ``student.weights`` order
-    (through the importer, as the starting weights came), and the raw arrays."""
+    """The reference's final weights in ``--dtype``: the student's in ``student.weights``
+    order (through the importer, as the starting weights came), and the raw arrays."""
     from gacd_tf.models.torch_import import load_state_dict_into
     import keras
 
-    raw = dict(np.load(os.path.join(args.output_dir, f"reference_{method}.npz")))
+    suffix = "_float64" if args.dtype == "float64" else ""
+    raw = dict(np.load(os.path.join(args.output_dir, f"reference_{method}{suffix}.npz")))
     state = {k: v for k, v in raw.items() if "/" not in k}
-    fresh = keras.models.clone_model(student)
-    load_state_dict_into(fresh, ARCH, state)
-    return {"student": [np.asarray(w.numpy()) for w in fresh.weights], "raw": raw}
+
+    def imported(arrays):
+        fresh = keras.models.clone_model(student)
+        load_state_dict_into(fresh, ARCH, arrays)
+        return [np.asarray(w.numpy(), np.float64) for w in fresh.weights]
+
+    if args.dtype == "float32":
+        return {"student": imported(state), "raw": raw}
+    # The importer stores float32 arrays (gacd_tf/models/torch_import.py), which
+    # would round the float64 weights by 6e-8: import their float32 part and
+    # the rest apart and add them (the importer only moves axes: linear).
+    high = {k: v.astype(np.float32) for k, v in state.items()}
+    low = {k: (v - high[k]).astype(np.float32) for k, v in state.items()}
+    return {"student": [a + b for a, b in zip(imported(high), imported(low))], "raw": raw}
 
 
 def compare(args, methods, ours, reference):
     rows, failed = [], []
+    float64 = args.dtype == "float64"
+    # The other precision's reference loss beside the compared one.
+    other, width = ("ref. f32 loss", 18) if float64 else ("ref. f64 loss", 14)
+    digits = 14 if float64 else 8
     print()
-    print(f"{'method':<15} {'steps':>5} {'step':>4} {'lr':>8} {'ours loss':>14} "
-          f"{'reference loss':>14} {'rel. diff':>9} {'ref. f64 loss':>14} {'f32-f64':>9}")
+    print(f"{'method':<15} {'steps':>5} {'step':>4} {'lr':>8} {'ours loss':>{width}} "
+          f"{'reference loss':>{width}} {'rel. diff':>9} {other:>{width}} {'f32-f64':>9}")
     for method in methods:
         mine, ref = ours[method], reference["methods"][method]
         loss_diffs, roundoffs = [], []
-        for t, (a, b, c) in enumerate(zip(mine["losses"], ref["losses"],
-                                          ref["losses_float64"])):
+        compared = ref["losses_float64"] if float64 else ref["losses"]
+        for t, (a, b, r32, r64) in enumerate(zip(mine["losses"], compared, ref["losses"],
+                                                  ref["losses_float64"])):
             difference = abs(a - b) / max(abs(b), 1e-12)
-            roundoff = abs(b - c) / max(abs(c), 1e-12)
+            roundoff = abs(r32 - r64) / max(abs(r64), 1e-12)
             loss_diffs.append(difference)
             roundoffs.append(roundoff)
-            print(f"{method:<15} {args.steps:>5} {t:>4} {mine['rates'][t]:>8.4g} {a:>14.8g} "
-                  f"{b:>14.8g} {difference:>9.2e} {c:>14.8g} {roundoff:>9.2e}")
+            c = r32 if float64 else r64
+            print(f"{method:<15} {args.steps:>5} {t:>4} {mine['rates'][t]:>8.4g} "
+                  f"{a:>{width}.{digits}g} {b:>{width}.{digits}g} {difference:>9.2e} "
+                  f"{c:>{width}.{digits}g} {roundoff:>9.2e}")
         worst_loss = max(loss_diffs)
-        weight_bound = max(args.weight_tolerance, args.roundoff_factor * mine["weight_roundoff"])
-        ok = worst_loss <= args.tolerance and mine["weight_difference"] <= weight_bound
+        weight_bound = (args.weight_tolerance if float64 else
+                        max(args.weight_tolerance, args.roundoff_factor * mine["weight_roundoff"]))
+        loss_bound = (max(args.tolerance, TRAINING_MODE_TOLERANCE)
+                      if not float64 and method in TRAINING_MODE_ATTACKS else args.tolerance)
+        ok = worst_loss <= loss_bound and mine["weight_difference"] <= weight_bound
         if not ok:
             failed.append(method)
         rows.append((method, args.steps, worst_loss, mine["weight_difference"],
                      max(roundoffs), mine["weight_roundoff"], "ok" if ok else "DIFFERS"))
     print()
+    weights_rule = (f"{args.weight_tolerance:g}" if float64 else
+                    f"max({args.weight_tolerance:g}, {args.roundoff_factor:g} x round-off)")
     print(f"| method | steps | largest per-step loss difference | largest final weight "
           f"difference | PyTorch f32 vs f64: loss | PyTorch f32 vs f64: weights | verdict "
-          f"(loss {args.tolerance:g}; weights max({args.weight_tolerance:g}, "
-          f"{args.roundoff_factor:g} x round-off)) |")
+          f"({args.dtype}: loss {args.tolerance:g}"
+          f"{'' if float64 else f', {TRAINING_MODE_TOLERANCE:g} for ' + ', '.join(TRAINING_MODE_ATTACKS)}"
+          f"; weights {weights_rule}) |")
     print("|---|---|---|---|---|---|---|")
     for method, steps, loss_diff, weight_diff, loss_r, weight_r, verdict in rows:
         print(f"| {method} | {steps} | {loss_diff:.2e} | {weight_diff:.2e} | {loss_r:.2e} | "

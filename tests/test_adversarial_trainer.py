@@ -1,12 +1,14 @@
 """AdversarialTrainer: the update equals an independent re-derivation, fit runs,
-TRADES works, checkpoints are written."""
+TRADES works (the official start and order of passes), Madry's training-mode
+attack, checkpoints are written."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from gacd_tf.attacks import PGD
+from gacd_tf.attacks import PGD, GaussianStartPGD, KLDivergence
+from gacd_tf.errors import ConfigError
 from gacd_tf.methods import AdversarialTrainer
 from gacd_tf.training import TrainingCheckpoint
 
@@ -105,3 +107,60 @@ def test_trades_loss_is_ce_plus_beta_kl():
                                  weight_decay=0.0)
     trainer.compile(optimizer=keras.optimizers.SGD(0.0))
     assert trainer.train_on_batch(x, y, return_dict=True)["loss"] > ce + 1e-4
+
+
+def bn_model(seed=0):
+    """Batch norm (momentum 0.5) straight on the input, so its moving mean is the images'."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((8, 8, 3)),
+        keras.layers.BatchNormalization(momentum=0.5, name="bn"),
+        keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(name="features"),
+        keras.layers.Dense(3, name="logits"),
+    ])
+
+
+def test_trades_attack_starts_from_the_official_gaussian_point():
+    attack = PGD(eps=4 / 255, step_size=1 / 255, steps=3, seed=5)
+    trainer = AdversarialTrainer(tiny_model(), attack=attack, trades_beta=6.0)
+    inner = trainer.attack
+    # trades.py:31: x + 0.001 N(0, 1), not clipped; the ball, step and steps are the attack's.
+    assert isinstance(inner, GaussianStartPGD) and inner.start_std == 0.001
+    assert (inner.eps, inner.step_size, inner.steps, inner.seed) == (4 / 255, 1 / 255, 3, 5)
+    assert isinstance(inner.objective, KLDivergence)
+    x = np.zeros((64, 8, 8, 3), np.float32)
+    noise = inner.start(tf.constant(x)).numpy()
+    assert noise.min() < 0 and 0.0008 < noise.std() < 0.0012  # unclipped, std 0.001
+    kept = AdversarialTrainer(tiny_model(), attack=attack, trades_beta=6.0, trades_start="attack")
+    assert type(kept.attack) is PGD and isinstance(kept.attack.objective, KLDivergence)
+    with pytest.raises(ConfigError, match="trades_start"):
+        AdversarialTrainer(tiny_model(), attack=attack, trades_beta=6.0, trades_start="uniform")
+
+
+def test_trades_update_runs_natural_adversarial_natural_passes_in_training_mode():
+    # trades.py:79-82: three training-mode passes, so batch norm's moving mean
+    # moves three times: (1 - 0.5^3) mean(x) from 0 (two passes: 0.75 mean(x)).
+    x, y, _ = tiny_data(8)
+    model = bn_model()
+    trainer = AdversarialTrainer(model, attack=PGD(steps=0, random_start=False), trades_beta=6.0)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.0))
+    trainer.train_on_batch(x, y)
+    moving_mean = model.get_layer("bn").moving_mean.numpy()
+    np.testing.assert_allclose(moving_mean, 0.875 * x.mean((0, 1, 2)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("training_mode, passes", [(False, 1), (True, 3)])
+def test_madry_attack_in_training_mode_moves_running_statistics_at_every_step(training_mode,
+                                                                             passes):
+    # Madry's TF attack runs the training graph (batch statistics, running
+    # averages updated in place): 2 attack steps + the update = 3 passes. The
+    # attack barely moves x (eps 1e-7), so each pass sees mean(x).
+    x, y, _ = tiny_data(8)
+    model = bn_model()
+    attack = PGD(eps=1e-7, step_size=1e-7, steps=2, random_start=False)
+    trainer = AdversarialTrainer(model, attack=attack, attack_training_mode=training_mode)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.0))
+    trainer.train_on_batch(x, y)
+    np.testing.assert_allclose(model.get_layer("bn").moving_mean.numpy(),
+                               (1 - 0.5**passes) * x.mean((0, 1, 2)), rtol=1e-5)

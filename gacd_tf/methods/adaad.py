@@ -11,6 +11,7 @@ import tensorflow as tf
 from gacd_tf.attacks import GaussianStartPGD, Objective, as_outputs
 from gacd_tf.errors import ConfigError
 from gacd_tf.losses import distillation_kl
+from gacd_tf.losses.distillation_kl import as_float32
 from gacd_tf.settings import Setting
 from gacd_tf.methods.common import unpack_batch
 from gacd_tf.methods.distiller import Distiller
@@ -101,8 +102,8 @@ class AdaADObjective(Objective):
             raise ConfigError("the AdaAD objective needs model outputs with 'teacher_logits' "
                               "(attack a callable returning the student's and the teacher's "
                               "logits)")
-        log_q = tf.nn.log_softmax(tf.cast(outputs["logits"], tf.float32), axis=-1)
-        log_p = tf.nn.log_softmax(tf.cast(outputs["teacher_logits"], tf.float32), axis=-1)
+        log_q = tf.nn.log_softmax(as_float32(outputs["logits"]), axis=-1)
+        log_p = tf.nn.log_softmax(tf.cast(outputs["teacher_logits"], log_q.dtype), axis=-1)
         return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
 
 

@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from gacd_tf.losses.distillation_kl import as_float32
+
 
 def unpack_batch(data):
     """``(images, labels, indices)`` from a batch; indices may be absent (None)."""
@@ -24,14 +26,14 @@ def l2_penalty(weights, weight_decay):
     use this explicit term instead.
     """
     if not weight_decay:
-        return tf.constant(0.0)
+        return tf.constant(0.0, weights[0].dtype if weights else tf.float32)
     return 0.5 * weight_decay * tf.add_n([tf.reduce_sum(tf.square(w)) for w in weights])
 
 
 def per_example_ce(labels, logits):
-    """Cross-entropy per example, in float32 whatever the logits' precision."""
+    """Cross-entropy per example, in float32 for float16/bfloat16 logits (float64 stays)."""
     return tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32),
-                                                          tf.cast(logits, tf.float32))
+                                                          as_float32(logits))
 
 
 class MeanTrackers:

@@ -5,10 +5,12 @@ Everything IGDM is lives here: its loss (:func:`igdm_loss`), its alpha ramp
 method ``"igdm"``). Its inner attack is AdaAD's (:class:`gacd_tf.methods.adaad.AdaADAttack`).
 """
 
+import keras
 import tensorflow as tf
 
 from gacd_tf.errors import ConfigError
 from gacd_tf.losses import distillation_kl
+from gacd_tf.losses.distillation_kl import as_float32
 from gacd_tf.methods.adaad import AdaADAttack
 from gacd_tf.methods.common import unpack_batch
 from gacd_tf.methods.distiller import Distiller
@@ -42,14 +44,17 @@ def igdm_loss(student_plus, student_minus, teacher_plus, teacher_minus, alpha):
         Lee, Jung, Kim, Ro, "Indirect Gradient Matching for Adversarial Robust
         Distillation" (IGDM), arXiv 2312.03286 (code: HongsinLee/saad, igdm.py).
     """
-    student_plus = tf.cast(student_plus, tf.float32)
-    student_minus = tf.cast(student_minus, tf.float32)
-    teacher_plus = tf.cast(teacher_plus, tf.float32)
-    teacher_minus = tf.cast(teacher_minus, tf.float32)
+    student_plus = as_float32(student_plus)
+    dtype = student_plus.dtype  # float32, or float64 for a float64 network
+    student_minus = tf.cast(student_minus, dtype)
+    teacher_plus = tf.cast(teacher_plus, dtype)
+    teacher_minus = tf.cast(teacher_minus, dtype)
     kl = distillation_kl(student_plus, teacher_plus, 1.0, reduction="batchmean")
     difference = distillation_kl(student_plus - student_minus, teacher_plus - teacher_minus,
                                  1.0, reduction="batchmean")
-    return kl + tf.cast(alpha, tf.float32) * difference
+    # (A Python alpha is converted, not cast: a cast would round it to float32 first.)
+    alpha = tf.cast(alpha, dtype) if tf.is_tensor(alpha) else tf.constant(alpha, dtype)
+    return kl + alpha * difference
 
 
 def igdm_ramp(step, steps_per_epoch, epochs):
@@ -65,7 +70,9 @@ def igdm_ramp(step, steps_per_epoch, epochs):
     0.75
     """
     epoch = tf.minimum(tf.cast(step, tf.int64) // int(steps_per_epoch) + 1, int(epochs))
-    return tf.cast(epoch, tf.float32) / float(epochs)
+    # float32; float64 where Keras' floatx is (benchmarks/torch_parity.py --dtype=float64).
+    dtype = tf.float64 if keras.config.floatx() == "float64" else tf.float32
+    return tf.cast(epoch, dtype) / float(epochs)
 
 
 @METHODS.register("igdm")

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from gacd_tf.attacks import PGD
 from gacd_tf.training.distribute import all_gather, num_replicas
+from gacd_tf.losses.distillation_kl import as_float32
 from gacd_tf.methods.common import MeanTrackers, l2_penalty, per_example_ce, unpack_batch
 
 
@@ -70,7 +71,8 @@ class RobustTrainer(keras.Model):
         N replicas with global batch B step exactly like one device with B.
         """
         with tape:
-            total = tf.cast(loss, tf.float32) + l2_penalty(weights, self.weight_decay)
+            # float32 (float64 when the network computes in float64).
+            total = as_float32(loss) + l2_penalty(weights, self.weight_decay)
             total = total / num_replicas()
             # float16 training: the optimizer is a LossScaleOptimizer, which
             # scales the loss here and unscales (or skips) in apply().
@@ -99,8 +101,8 @@ class RobustTrainer(keras.Model):
         """
         finite = getattr(self, "_update_finite", None)
         if finite is not None and "loss" in values:
-            loss = tf.cast(values["loss"], tf.float32)
-            values["loss"] = tf.where(finite, loss, tf.constant(float("nan")))
+            loss = as_float32(values["loss"])
+            values["loss"] = tf.where(finite, loss, tf.constant(float("nan"), loss.dtype))
         self._train_trackers.update(**values)
         return self._train_trackers.result()
 

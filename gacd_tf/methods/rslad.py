@@ -10,6 +10,7 @@ import tensorflow as tf
 from gacd_tf.attacks import GaussianStartPGD, KLDivergence
 from gacd_tf.errors import ConfigError
 from gacd_tf.losses import distillation_kl
+from gacd_tf.losses.distillation_kl import as_float32
 from gacd_tf.settings import Setting
 from gacd_tf.methods.common import unpack_batch
 from gacd_tf.methods.distiller import Distiller
@@ -175,7 +176,7 @@ class RSLADDistiller(Distiller):
     def train_step(self, data):
         x, y, _ = unpack_batch(data)
         teacher_logits = self.teacher(x, training=False)
-        teacher_probs = tf.nn.softmax(tf.cast(teacher_logits, tf.float32), axis=-1)
+        teacher_probs = tf.nn.softmax(as_float32(teacher_logits), axis=-1)
         x_adv = self.attack(self.student, x, teacher_probs)
         weight = self.teacher_confidence(teacher_logits, y) if self.reweight else None
         weights = self.student.trainable_weights

@@ -43,15 +43,17 @@ class StepDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         step = ops.cast(step, "int64")
+        # float32; float64 where Keras' floatx is (then the rates are exact).
+        dtype = "float64" if keras.config.floatx() == "float64" else "float32"
         if not self.boundaries:
-            return ops.cast(self.initial_learning_rate, "float32")
+            return ops.convert_to_tensor(self.initial_learning_rate, dtype)
         passed = ops.sum(ops.cast(ops.greater_equal(
             step, ops.convert_to_tensor(self.boundaries, "int64")), "int32"))
         # The values as constants (not initial * factor**n computed in float32),
         # so the rates equal those of PiecewiseConstantDecay built from the same floats.
         values = [self.initial_learning_rate * self.factor**i
                   for i in range(len(self.boundaries) + 1)]
-        return ops.take(ops.convert_to_tensor(values, "float32"), passed)
+        return ops.take(ops.convert_to_tensor(values, dtype), passed)
 
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate,

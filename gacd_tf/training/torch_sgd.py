@@ -56,7 +56,9 @@ class TorchSGD(keras.optimizers.SGD):
             self.assign_sub(variable, ops.multiply(gradient, learning_rate))
             return
         buffer = self.momentums[self._get_variable_index(variable)]
-        momentum = ops.cast(self.momentum, variable.dtype)
+        # Converted, not cast: a cast would round the Python float to float32
+        # first (0.9 -> 0.89999998) for a float64 variable.
+        momentum = ops.convert_to_tensor(self.momentum, variable.dtype)
         self.assign(buffer, ops.add(ops.multiply(buffer, momentum), gradient))
         step = ops.add(gradient, ops.multiply(buffer, momentum)) if self.nesterov else buffer
         self.assign_sub(variable, ops.multiply(step, learning_rate))

@@ -174,13 +174,15 @@ class GACDDistiller(Distiller):
         self.num_data = self.sampler.num_data
         self.train_labels = tf.constant(train_labels, tf.int32)
         # The heads, embeddings, banks and NCE scores stay float32 under a
-        # mixed-precision policy (exp(score / T) with T = 0.1 needs it).
+        # mixed-precision policy (exp(score / T) with T = 0.1 needs it), and
+        # are float64 where Keras' floatx is (benchmarks/torch_parity.py).
+        head_dtype = "float64" if keras.config.floatx() == "float64" else "float32"
         self.student_embed = keras.layers.Dense(
             embed_dim, kernel_initializer=keras.initializers.GlorotUniform(sub_seed(2)),
-            dtype="float32", name="student_embed")
+            dtype=head_dtype, name="student_embed")
         self.teacher_embed = keras.layers.Dense(
             embed_dim, kernel_initializer=keras.initializers.GlorotUniform(sub_seed(3)),
-            dtype="float32", name="teacher_embed")
+            dtype=head_dtype, name="teacher_embed")
         self.student_embed.build((None, feature_dim(student)))
         self.teacher_embed.build((None, feature_dim(teacher)))
         self.student_bank = MemoryBank(self.num_data, embed_dim, nce_momentum, seed=sub_seed(4),
