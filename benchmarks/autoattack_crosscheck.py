@@ -12,8 +12,10 @@ pyautoattack) as a subprocess of this script, on the model exported to ONNX
 of both sides on the clean images are compared first (max abs difference).
 
 The two sides draw different random numbers (APGD's starts, FAB's and
-Square's draws), so per-example flags may differ on borderline points; the
-issue's criterion is the robust accuracies within ``--tolerance`` points.
+Square's draws: gacd_tf's are keyed per example, the reference's made per
+batch; Square picks its square per example here, per batch there), so
+per-example flags may differ on borderline points; the issue's criterion is
+the robust accuracies within ``--tolerance`` points.
 
 Everything is written under ``--output_dir`` (inputs.npz, model.onnx,
 ours.json, reference.json, crosscheck.json). A side whose JSON is already

@@ -235,7 +235,7 @@ def test_whole_runs_match_numpy_reference(name):
     x_adv, robust = attack.perturb(model, x, y)
     x_adv, robust = x_adv.numpy(), robust.numpy()
 
-    # NumPy: the same random starts (drawn from an identically seeded twin).
+    # NumPy: the same random starts (the twin's keyed draws for run `run`).
     x64 = x.astype("float64")
     z_clean, _ = net.logits(x64)
     found = z_clean.argmax(1) != y
@@ -246,7 +246,7 @@ def test_whole_runs_match_numpy_reference(name):
     for run in range(2):
         if found.all():
             break
-        start = twin.start(tf.constant(x)).numpy().astype("float64")
+        start = twin.start(tf.constant(x), None, run).numpy().astype("float64")
         loss = {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr-targeted"}[name]
         target = ranked[:, 1 + run] if name == "apgd-t" else None
         x_best, loss_best, first_run, halvings = numpy_apgd_run(
@@ -262,7 +262,9 @@ def test_whole_runs_match_numpy_reference(name):
     assert total_halvings > 0  # the comparison exercises the step-size logic
     assert 0 < robust.sum() < len(x) - 2  # some broken, some not
     np.testing.assert_array_equal(robust, ~found)
-    np.testing.assert_allclose(x_adv, expected, atol=2e-5)
+    # float32 against float64 over 20 steps (DLR divides by a logit gap): a few
+    # coordinates drift by up to ~1e-4 (eps is 0.1); another start would be ~eps away.
+    np.testing.assert_allclose(x_adv, expected, atol=1e-4)
     np.testing.assert_array_equal(x_adv[-2:], x[-2:])  # clean-broken rows keep x
 
 
@@ -373,8 +375,7 @@ def test_registry_config_and_bad_arguments():
     config = build_attack("apgd-t", n_iter=5, seed=2).get_config()
     assert config["attack"] == "apgd-t" and config["n_target_classes"] == 9
     assert config["seed"] == 2 and config["eot_iter"] == 1
-    attack = APGD()
-    assert attack.seed_generators() == {"seed_generator": attack.seed_generator}
+    assert APGD().seed_generators() == {}  # keyed draws: nothing to checkpoint
     for bad in [{"n_iter": 0}, {"n_restarts": 1.5}, {"rho": 2}, {"eps": -1},
                 {"loss": "kl"}, {"norm": "l1"}, {"eot_iter": 0}]:
         with pytest.raises(ConfigError, match=next(iter(bad))):

@@ -176,3 +176,117 @@ def test_the_ot_objective_names_the_import_that_registers_it():
     assert out[0].startswith("unknown attack objective 'ot'; choose one of: ce, ")
     assert out[0].endswith("('ot' is registered by gacd_tf.methods.gacd: import it first)")
     assert out[1] == "OptimalTransport"
+
+
+# ---------------------------------------------------------------------------
+# Keyed draws: the same numbers for an example whatever batch it is in.
+
+def test_keyed_draws_are_splitmix64_streams_per_example():
+    import zlib
+
+    from gacd_tf.attacks import keyed_random
+
+    mask = (1 << 64) - 1
+    golden = 0x9E3779B97F4A7C15
+
+    def mix(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    def fold(key, part, position):
+        return mix(key ^ mix((part + golden * (2 * position + 1)) & mask))
+
+    def numpy_uniform(seed, stream, index, run, n):
+        key = fold(fold(fold(seed & mask, zlib.crc32(stream.encode()), 0), index, 1), run, 2)
+        bits = [mix((key + (j + 1) * golden) & mask) for j in range(n)]
+        return np.array([(b >> 40) * 2.0 ** -24 for b in bits], np.float32)
+
+    indices = tf.constant([7, 0, 123456789012, 7], tf.int64)
+    got = keyed_random.uniform(keyed_random.example_keys(-3, "pgd/start", indices, 2), [2, 3])
+    assert got.shape == (4, 2, 3)
+    for row, index in enumerate([7, 0, 123456789012, 7]):
+        np.testing.assert_array_equal(got.numpy()[row].ravel(),
+                                      numpy_uniform(-3, "pgd/start", index, 2, 6))
+    # A row's numbers depend on its own key only; other seeds, runs and streams differ.
+    alone = keyed_random.uniform(keyed_random.example_keys(-3, "pgd/start", [0], 2), [2, 3])
+    np.testing.assert_array_equal(alone.numpy()[0], got.numpy()[1])
+    for other in (keyed_random.example_keys(-2, "pgd/start", [0], 2),
+                  keyed_random.example_keys(-3, "pgd/start", [0], 3),
+                  keyed_random.example_keys(-3, "square/query", [0], 2)):
+        assert not np.array_equal(keyed_random.uniform(other, [2, 3]).numpy()[0], alone[0])
+    many = keyed_random.uniform(keyed_random.example_keys(0, "s", tf.range(200), 0), [500])
+    assert abs(float(tf.reduce_mean(many)) - 0.5) < 0.005
+    assert abs(float(tf.math.reduce_variance(many)) - 1 / 12) < 0.002
+
+
+def test_pgd_flags_do_not_depend_on_the_batch_size():
+    from gacd_tf.evaluation import evaluate_robustness
+
+    model = tiny_cnn(seed=4)
+    x, _ = data(n=24, seed=5)
+    y = np.argmax(model(x).numpy(), -1).astype("int32")
+
+    def evaluate(batch_size, seed=3):
+        attack = PGD(eps=EPS["linf"], step_size=1 / 255, steps=2, seed=seed, restarts=2)
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+        return evaluate_robustness(model, ds, attack, verbose=0, return_examples=True)
+
+    small, large = evaluate(5), evaluate(24)
+    assert 0 < small["robust"].sum() < len(y), "the test needs some rows broken, some not"
+    np.testing.assert_array_equal(small["robust"], large["robust"])
+    np.testing.assert_allclose(small["x_adv"], large["x_adv"], atol=1e-6)
+    # The draws matter: another seed moves the points elsewhere.
+    assert np.abs(evaluate(5, seed=4)["x_adv"] - small["x_adv"]).max() > 1e-3
+
+
+# ---------------------------------------------------------------------------
+# clip_start: the first gradient at the clipped (Madry) or unclipped (ARD) start.
+
+class SquareSumModel:
+    """Logits of a constant class; its "features" are the image, whose objective
+    ``-sum(x^2)`` has the gradient ``-2 x``: sign 0 at a clipped start on 0,
+    sign +1 at an unclipped start below 0."""
+
+    def __call__(self, x, training=False):
+        return {"logits": tf.stack([tf.ones_like(x[:, 0, 0, 0]),
+                                    tf.zeros_like(x[:, 0, 0, 0])], -1), "features": x}
+
+
+def minus_square_sum(outputs, target):
+    return -tf.reduce_sum(tf.square(outputs["features"]), axis=[1, 2, 3])
+
+
+def test_clip_start_false_takes_the_first_gradient_at_the_unclipped_start():
+    eps, alpha = 8 / 255, 6 / 255
+    x = np.zeros((3, 4, 4, 3), np.float32)  # on the box's lower face
+    x[2] = 0.5
+    y = np.zeros(3, np.int32)
+    model = SquareSumModel()
+    expected = {}
+    for clip in (True, False):
+        kwargs = dict(eps=eps, step_size=alpha, steps=1, seed=9, objective=minus_square_sum,
+                      clip_start=clip)
+        start = PGD(**kwargs).start(tf.constant(x)).numpy().astype(np.float64)
+        delta = start - x  # the noise (the same draw either way), clipped or not
+        assert (start.min() < 0) != clip
+        # NumPy: x1 = clip01(x + clip(x0 + alpha * sign(-2 x0) - x, -eps, eps)).
+        step = start + alpha * np.sign(-2 * start)
+        expected[clip] = np.clip(x + np.clip(step - x, -eps, eps), 0, 1)
+        got = PGD(**kwargs)(model, x, y).numpy()
+        np.testing.assert_allclose(got, expected[clip], atol=1e-6)
+        assert delta.shape == x.shape
+    # The two differ where the noise went below 0 by less than alpha: the unclipped
+    # start steps up (sign +1), the clipped one stays at 0 (sign 0).
+    assert np.abs(expected[True] - expected[False]).max() > 1e-3
+    np.testing.assert_allclose(expected[True][2], expected[False][2])  # inside: the same
+    # Zero steps: the returned point is in the box either way; perturb never counts an
+    # unclipped start, and its points are in the ball and the box.
+    for clip in (True, False):
+        x0 = PGD(eps=eps, steps=0, seed=9, clip_start=clip)(model, x, y).numpy()
+        assert x0.min() >= 0
+        x_adv, robust = PGD(eps=eps, step_size=alpha, steps=2, seed=9, clip_start=clip,
+                            objective=minus_square_sum).perturb(model, x, y)
+        assert x_adv.numpy().min() >= 0 and np.abs(x_adv.numpy() - x).max() <= eps + 1e-6
+        assert robust.numpy().all()
+    assert PGD(clip_start=False).get_config()["clip_start"] is False

@@ -102,9 +102,21 @@ def test_restarts_are_the_and_of_single_starts_with_the_same_draws():
     x, _ = data(n=48, seed=3)
     y = model_labels(model, x, flip=[0])
     eps = EPS
-    single = PGD(eps=eps, step_size=1 / 255, steps=1, seed=7)
-    runs = [single.perturb(model, x, y) for _ in range(3)]  # the generator advances each time
+
+    class RestartK(PGD):
+        """One start: the keyed draws of restart ``k`` of a restarted PGD."""
+
+        def __init__(self, k, **kwargs):
+            super().__init__(**kwargs)
+            self.k = k
+
+        def keyed_start(self, x, indices, restart):
+            return super().keyed_start(x, indices, restart + self.k)
+
+    runs = [RestartK(k, eps=eps, step_size=1 / 255, steps=1, seed=7).perturb(model, x, y)
+            for k in range(3)]
     flags = [r.numpy() for _, r in runs]
+    assert not np.array_equal(flags[0], flags[1]), "restarts draw other starts"
     restarted = PGD(eps=eps, step_size=1 / 255, steps=1, seed=7, restarts=3)
     x_adv, robust = restarted.perturb(model, x, y)
     expected = flags[0] & flags[1] & flags[2]
@@ -180,7 +192,8 @@ def test_the_ensemble_never_attacks_a_broken_point_again():
     first = BreakStub({0, 3, 4, 5, 17}, "first")
     second = BreakStub({6, 7, 3}, "second")
     third = BreakStub(set(), "third")
-    aa = AutoAttack(attacks=[first, second, third], verbose=0)
+    # The stubs break rows whatever the model says: no reclassification here.
+    aa = AutoAttack(attacks=[first, second, third], verbose=0, reclassify=False)
     result = aa.run(model, x, y, batch_size=16)
 
     seen = [np.concatenate(s.seen) if s.seen else np.array([], np.int64)
@@ -212,7 +225,8 @@ def test_an_attack_that_leaves_the_ball_is_not_counted():
     x = with_ids(x)
     y = model_labels(model, x)
     cheat = BreakStub({0, 1}, "cheat", shift=2 * EPS)
-    result = AutoAttack(attacks=[cheat], verbose=0, checks=False).run(model, x, y)
+    result = AutoAttack(attacks=[cheat], verbose=0, checks=False,
+                        reclassify=False).run(model, x, y)
     assert result["robust"].all()
     assert any("outside" in w for w in result["warnings"])
 
@@ -295,12 +309,12 @@ def interrupt_at(aa, attack_name, call):
     def attack_fn(name, *args):
         fn = build(name, *args)
 
-        def counted(x, y):
+        def counted(*args):
             if name == attack_name:
                 calls.append(1)
                 if len(calls) == call:
                     raise Interrupted()
-            return fn(x, y)
+            return fn(*args)
         return counted
     aa._attack_fn = attack_fn
 
@@ -345,6 +359,99 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(where, tmp_path,
     for key in ("robust", "clean_correct", "x_adv", "predictions"):
         np.testing.assert_array_equal(got[key], want[key])
     assert not (tmp_path / "aa.npz").exists()  # removed once the evaluation ended
+
+
+SMALL_STANDARD = {"apgd-ce": {"n_iter": 4}, "apgd-t": {"n_iter": 4, "n_target_classes": 3},
+                  "fab-t": {"n_iter": 4, "n_target_classes": 3}, "square": {"n_queries": 30}}
+
+
+def test_standard_flags_do_not_depend_on_the_batch_size():
+    model = tiny_cnn(seed=5)
+    x, _ = data(n=30, seed=6)
+    y = model_labels(model, x, flip=[0])
+
+    def run(batch_size):
+        aa = AutoAttack(version="standard", attack_settings=SMALL_STANDARD, eps=4 / 255,
+                        verbose=0, seed=3, checks=False)
+        return aa.run(model, x, y, batch_size=batch_size)
+
+    small, large = run(7), run(30)
+    by_attack = list(large["robust_accuracy_by_attack"].values())
+    assert large["natural_accuracy"] > by_attack[0] and 0 < by_attack[-1], \
+        "the test needs points broken and points left"
+    np.testing.assert_array_equal(small["robust"], large["robust"])
+    np.testing.assert_allclose(small["x_adv"], large["x_adv"], atol=1e-6)
+    assert small["robust_accuracy_by_attack"] == large["robust_accuracy_by_attack"]
+    # The batch interface with the examples' indices agrees with run, batch by batch.
+    aa = AutoAttack(version="standard", attack_settings=SMALL_STANDARD, eps=4 / 255, verbose=0,
+                    seed=3)
+    flags = np.concatenate([aa.perturb(model, x[i:i + 11], y[i:i + 11],
+                                       indices=np.arange(i, min(i + 11, 30)))[1].numpy()
+                            for i in range(0, 30, 11)])
+    np.testing.assert_array_equal(flags, large["robust"])
+
+
+def test_a_run_killed_and_resumed_with_another_batch_size_ends_as_an_uninterrupted_one(tmp_path):
+    model = tiny_cnn(seed=5)
+    x, _ = data(n=30, seed=6)
+    y = model_labels(model, x, flip=[0])
+    settings = {"apgd-ce": {"n_iter": 2}, "square": {"n_queries": 20}}
+
+    def ensemble():
+        return AutoAttack(attacks=["apgd-ce", "square"], attack_settings=settings,
+                          eps=4 / 255, verbose=0, seed=3, checks=False)
+
+    want = ensemble().run(model, x, y, batch_size=10)
+    progress = str(tmp_path / "aa.npz")
+    killed = ensemble()
+    interrupt_at(killed, "apgd-ce", 2)  # killed in APGD-CE's second batch of 4
+    with pytest.raises(Interrupted):
+        killed.run(model, x, y, batch_size=4, progress_file=progress, progress_every=0)
+    got = ensemble().run(model, x, y, batch_size=3, progress_file=progress, verbose=2)
+    # APGD-CE broke points among those attacked after the resume (the draws mattered there).
+    resumed_rows = np.flatnonzero(want["clean_correct"])[4:]
+    assert (~want["robust"][resumed_rows]).any() and want["robust"].any()
+    for key in ("robust", "predictions"):
+        np.testing.assert_array_equal(got[key], want[key])
+    np.testing.assert_allclose(got["x_adv"], want["x_adv"], atol=1e-6)
+    assert got["robust_accuracy_by_attack"] == want["robust_accuracy_by_attack"]
+
+
+class CoinModel:
+    """A randomised classifier: each pass classifies each row correctly (class 0) with
+    probability 1/2, from a seeded generator; its logits depend on the image a little,
+    so the attacks have a gradient."""
+
+    def __init__(self, seed=0):
+        self.generator = tf.random.Generator.from_seed(seed)
+
+    def __call__(self, x, training=False):
+        coin = self.generator.uniform(tf.shape(x)[:1])
+        score = coin - 0.5 + 1e-3 * tf.reduce_mean(x, axis=[1, 2, 3])
+        return tf.stack([score, tf.zeros_like(score)], -1)
+
+
+@pytest.mark.parametrize("reclassify", [True, False])
+def test_rand_counts_a_break_only_if_the_returned_point_is_misclassified_again(reclassify):
+    x, _ = data(n=64, seed=8)
+    y = np.zeros(64, np.int64)
+    aa = AutoAttack(version="rand", attacks=["apgd-ce"], verbose=0, checks=False,
+                    attack_settings={"apgd-ce": {"n_iter": 4, "eot_iter": 2}},
+                    reclassify=reclassify)
+    result = aa.run(CoinModel(), x, y, batch_size=32)
+    attacked = result["clean_correct"]
+    assert 16 < attacked.sum() < 48
+    broken = attacked & ~result["robust"]
+    if reclassify:
+        # The reference's count: a point whose returned image passes the one more pass
+        # survives, though a noisy pass inside the attack misclassified an iterate.
+        assert 0.2 * attacked.sum() < broken.sum() < 0.8 * attacked.sum()
+        assert np.all(result["predictions"][broken] != y[broken])
+    else:
+        # Any misclassified pass breaks a point: with 5 passes of 1/2 each, all of them
+        # break but for about 1 in 32.
+        assert broken.sum() > 0.85 * attacked.sum()
+    assert aa.get_config()["reclassify"] is reclassify
 
 
 def test_the_version_settings_follow_the_reference():
@@ -440,10 +547,10 @@ def test_square_breaking_what_the_gradient_attacks_left_is_a_warning():
     x = with_ids(x)
     y = model_labels(model, x)
     attacks = [BreakStub({0}, "apgd-ce"), BreakStub({1, 2}, "square")]
-    result = AutoAttack(attacks=attacks, verbose=0).run(model, x, y)
+    result = AutoAttack(attacks=attacks, verbose=0, reclassify=False).run(model, x, y)
     assert [w for w in result["warnings"] if "Square" in w]
     quiet = AutoAttack(attacks=[BreakStub({0, 1, 2}, "apgd-ce"), BreakStub(set(), "square")],
-                       verbose=0).run(model, x, y)
+                       verbose=0, reclassify=False).run(model, x, y)
     assert quiet["warnings"] == []
 
 
@@ -478,12 +585,14 @@ def test_evaluate_program_runs_autoattack_and_writes_json_and_npz(tiny_run):
 
     root, model = tiny_run
     out, npz = root / "out" / "aa.json", root / "out" / "aa.npz"
+    entry_file = root / "out" / "robustbench.json"
     names = ensemble_for_program()
     result = run_program("evaluate", f"--model={root / 'model.keras'}",
                          f"--data_dir={root / 'data'}", "--attack=autoattack",
                          f"--aa_attacks={names}", "--aa_seed=3", "--attack_steps=2",
                          "--test_examples=10", "--batch_size=4", f"--output={out}",
-                         f"--save_adversarial={npz}", "--verbose=0")
+                         f"--save_adversarial={npz}", f"--robustbench_json={entry_file}",
+                         "--verbose=0")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(out.read_text())
     assert {"natural_accuracy", "robust_accuracy", "num_examples", "attack", "seconds",
@@ -494,6 +603,13 @@ def test_evaluate_program_runs_autoattack_and_writes_json_and_npz(tiny_run):
     assert list(by_attack) == names.split(",")
     assert list(by_attack.values())[-1] == metrics["robust_accuracy"]
     assert metrics["robust_accuracy"] <= metrics["natural_accuracy"]
+    # The RobustBench entry: the same figures in percent, the seed, the images.
+    entry = json.loads(entry_file.read_text())
+    assert entry["clean_acc"] == f"{100 * metrics['natural_accuracy']:.2f}"
+    assert entry["autoattack_acc"] == f"{100 * metrics['robust_accuracy']:.2f}"
+    assert (entry["eps"], entry["threat_model"], entry["dataset"]) == ("8/255", "Linf", "cifar10")
+    assert entry["seed"] == 3 and entry["num_examples"] == 10
+    assert "architecture" not in entry  # a Sequential model: not a zoo architecture
     for name, value in by_attack.items():
         assert f"robust accuracy after {name}: {100 * value:.2f} %" in result.stdout
     saved = np.load(npz)

@@ -66,6 +66,23 @@ def test_ard_attack_in_training_mode_moves_the_batch_norm_statistics():
     assert build("ard", tiny(1, "s"), tiny(2, "t")).ard_attack_training_mode is False
 
 
+def test_ard_code_mode_takes_the_first_gradient_at_the_unclipped_start():
+    """main.py:69-70: x + U(-eps, eps), not clipped; our PGD (the default) clips it."""
+    x = tf.concat([tf.zeros([4, 8, 8, 1]), tf.ones([4, 8, 8, 2])], axis=-1)
+    starts = {}
+    for mode in (False, True):
+        trainer = build("ard", tiny(1, "s"), tiny(2, "t"), ard_attack_training_mode=mode)
+        starts[mode] = trainer.attack.start(x).numpy()
+        assert trainer.attack.eps == pytest.approx(8 / 255)
+    delta = starts[True] - x.numpy()
+    assert np.abs(delta).max() <= 8 / 255 + 1e-7
+    assert starts[True].min() < 0 and starts[True].max() > 1  # outside [0, 1] at 0 and 1
+    assert starts[False].min() >= 0 and starts[False].max() <= 1
+    # Every iterate is still projected onto the ball and [0, 1].
+    x_adv = trainer.attack(trainer.student, x, tf.zeros([4], tf.int32)).numpy()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
 # ----------------------------------------------------------------------------- validation
 def test_holdout_is_class_balanced_disjoint_and_deterministic():
     labels = np.random.default_rng(0).permutation(np.arange(200) % 10)

@@ -316,6 +316,15 @@ def test_interface_invariants_determinism_and_tf_function(index):
     np.testing.assert_array_equal(graph_robust.numpy(), robust)
     np.testing.assert_allclose(graph_adv.numpy(), x_adv, atol=1e-5)
 
+    # Keyed draws: the same rows in other batches, given their indices, give the same result.
+    parts = [make().perturb(model, x[rows], y[rows], indices=np.arange(12)[rows])
+             for rows in (slice(0, 5), slice(5, 12))]
+    np.testing.assert_array_equal(np.concatenate([r.numpy() for _, r in parts]), robust)
+    np.testing.assert_allclose(np.concatenate([a.numpy() for a, _ in parts]), x_adv, atol=1e-6)
+    if index == 2:  # another seed draws other squares
+        other = Square(eps=eps, n_queries=25, n_restarts=2, seed=4).perturb(model, x, y)
+        assert not np.array_equal(other[0].numpy(), x_adv)
+
 
 def test_registry_config_and_generators():
     for name, cls in (("fab-t", FABTargeted), ("fab", FAB), ("square", Square)):
@@ -323,7 +332,7 @@ def test_registry_config_and_generators():
         assert isinstance(attack, cls)
         config = attack.get_config()
         assert config["attack"] == name and config["seed"] == 5 and config["eps"] == EPS
-        assert attack.seed_generators() == {"seed_generator": attack.seed_generator}
+        assert attack.seed_generators() == {}  # keyed draws: nothing to checkpoint
     fab_t = FABTargeted()
     assert (fab_t.n_target_classes, fab_t.n_restarts, fab_t.n_iter) == (9, 1, 100)
     assert (fab_t.alpha_max, fab_t.eta, fab_t.beta) == (0.1, 1.05, 0.9)

@@ -15,9 +15,9 @@ The targeted version ("apgd-t") is :class:`~gacd_tf.attacks.apgd_targeted.APGDTa
 import functools
 import math
 
-import keras
 import tensorflow as tf
 
+from gacd_tf.attacks import keyed_random
 from gacd_tf.attacks.arguments import (
     check_eps,
     check_whole,
@@ -130,7 +130,9 @@ class APGD:
     Args:
         eps: radius of the ball, [0, 1] pixel units.
         norm: "linf" or "l2".
-        seed: int seed of the random starts (a ``keras.random.SeedGenerator``).
+        seed: int seed of the random starts, drawn per example from (seed,
+            example index, run) (:mod:`~gacd_tf.attacks.keyed_random`;
+            None: 0), so a point's result does not depend on its batch.
         loss: "ce" (cross-entropy) or "dlr" (:func:`~gacd_tf.attacks.dlr.dlr_loss`).
         n_iter: iterations per run (AutoAttack: 100).
         n_restarts: runs, each from a new random start (AutoAttack "standard": 1).
@@ -172,7 +174,7 @@ class APGD:
         self.n_restarts = int(n_restarts)
         self.rho = float(rho)
         self.eot_iter = int(eot_iter)
-        self.seed_generator = keras.random.SeedGenerator(self.seed)
+        self.stream = name  # the name of the keyed draws (AutoAttack renames a second copy)
 
     def _registry_name(self, loss):
         if loss not in ("ce", "dlr"):
@@ -200,8 +202,8 @@ class APGD:
     # ------------------------------------------------------------------
 
     def seed_generators(self):
-        """The random generators this attack draws from (for checkpoints)."""
-        return {"seed_generator": self.seed_generator}
+        """The random generators to checkpoint: none (the draws are keyed per example)."""
+        return {}
 
     def get_config(self):
         return {
@@ -219,14 +221,19 @@ class APGD:
     def __call__(self, model, x, y):
         return self.perturb(model, x, y)[0]
 
-    def start(self, x):
-        """A random point on the surface of the ball around ``x``, clipped to [0, 1]."""
+    def start(self, x, indices=None, run=0):
+        """A random point on the surface of the ball around ``x``, clipped to [0, 1].
+
+        Row ``i``'s direction is drawn from (seed, ``indices[i]``, ``run``)
+        only; ``indices`` defaults to the positions ``0..B-1``.
+        """
+        keys = keyed_random.example_keys(self.seed, f"{self.stream}/start",
+                                         keyed_random.example_indices(x, indices), run)
         if self.norm.name == "linf":
-            u = keras.random.uniform(tf.shape(x), minval=-1.0, maxval=1.0,
-                                     seed=self.seed_generator)
+            u = 2.0 * keyed_random.uniform(keys, tf.shape(x)[1:]) - 1.0
             size = _per_example_max(tf.abs(u), tf.reduce_max)
         else:
-            u = keras.random.normal(tf.shape(x), seed=self.seed_generator)
+            u = keyed_random.normal(keys, tf.shape(x)[1:])
             size = tf.sqrt(_per_example_max(tf.square(u), tf.reduce_sum))
         return tf.clip_by_value(x + self.eps * u / (size + _TINY), 0.0, 1.0)
 
@@ -261,8 +268,8 @@ class APGD:
             grad = grad / float(self.eot_iter)
         return loss, grad, logits
 
-    def _single_run(self, model, x, labels, targets, found, first):
-        """One APGD run on the batch; returns ``(found, first, x_best, loss_best)``."""
+    def _single_run(self, model, x, labels, targets, found, first, indices, run):
+        """One APGD run (number ``run``) on the batch; returns ``(found, first, x_best, loss_best)``."""
         rows = tf.concat([tf.shape(x)[:1], tf.ones([x.shape.rank - 1], tf.int32)], 0)
         checkpoints = apgd_checkpoints(self.n_iter)
         is_check = [False] * self.n_iter
@@ -280,7 +287,7 @@ class APGD:
             new = tf.logical_and(miss, tf.logical_not(found))
             return tf.logical_or(found, miss), tf.where(tf.reshape(new, rows), x_adv, first)
 
-        x_adv = self.start(x)
+        x_adv = self.start(x, indices, run)
         loss, grad, logits = self._loss_and_gradient(model, x_adv, labels, targets)
         found, first = record(x_adv, logits, found, first)
         # The reference compares the first step's loss with a zero-initialised
@@ -332,7 +339,7 @@ class APGD:
         (state,) = tf.while_loop(cond, lambda s: (body(s),), (state,), parallel_iterations=1)
         return state["found"], state["first"], state["x_best"], state["loss_best"]
 
-    def perturb(self, model, x, y):
+    def perturb(self, model, x, y, indices=None):
         """Evaluation under SPEC "Counting": ``(x_adv, robust)`` for labels ``y``.
 
         Args:
@@ -340,6 +347,9 @@ class APGD:
                 what :func:`~gacd_tf.attacks.objectives.as_outputs` accepts).
             x: float images in [0, 1], NHWC.
             y: integer labels ``[B]``.
+            indices: int ``[B]``, each example's index in the evaluated set
+                (the key of its random starts); default: the positions
+                ``0..B-1`` of this call.
 
         Returns:
             ``(x_adv, robust)``: float32 images like ``x``, each within eps of
@@ -347,6 +357,7 @@ class APGD:
         """
         x = tf.convert_to_tensor(x, tf.float32)
         labels = tf.cast(y, tf.int64)
+        indices = keyed_random.example_indices(x, indices)
         rows = tf.concat([tf.shape(x)[:1], tf.ones([x.shape.rank - 1], tf.int32)], 0)
         clean_logits = self._logits(model, x)
         found = tf.not_equal(tf.argmax(clean_logits, -1, output_type=tf.int64), labels)
@@ -358,7 +369,7 @@ class APGD:
 
         def body(run, found, first, best, best_loss):
             found, first, x_best, loss_best = self._single_run(
-                model, x, labels, targets_of(run), found, first)
+                model, x, labels, targets_of(run), found, first, indices, run)
             better = loss_best > best_loss
             best = tf.where(tf.reshape(better, rows), x_best, best)
             return run + 1, found, first, best, tf.where(better, loss_best, best_loss)

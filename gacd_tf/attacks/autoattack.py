@@ -6,6 +6,7 @@ successful adversarial example is kept. The robust accuracy after the last
 attack is the per-example worst case over the ensemble.
 """
 
+import inspect
 import math
 import time
 
@@ -15,6 +16,7 @@ import tensorflow as tf
 from absl import logging
 
 from gacd_tf.attacks import autoattack_progress as progress
+from gacd_tf.attacks import keyed_random
 from gacd_tf.attacks.objectives import as_outputs
 from gacd_tf.attacks.registry import AA_VERSIONS as VERSIONS
 from gacd_tf.attacks.registry import ATTACKS, AUTOATTACK, NORMS, ensemble_attack_names
@@ -26,6 +28,8 @@ _RANDOMIZED_PASSES = 5
 _RANDOMIZED_TOL = 1e-4
 _PROBABILITY_TOL = 1e-5
 _SQUARE_TOL = 0.002
+# Images whose logits fingerprint the model in a progress file's key.
+_PROBE_EXAMPLES = 16
 
 
 @ATTACKS.register(AUTOATTACK)
@@ -44,6 +48,16 @@ class AutoAttack:
     image is classified correctly and no attack found a misclassified
     point within the ball; its adversarial example is the first one found.
     Robust points keep their clean image as ``x_adv`` (as in the reference).
+    With ``reclassify`` (the default, as the reference) the point an attack
+    returns is classified once more and the break counts only if that pass
+    misclassifies it too: for a deterministic model this changes nothing,
+    for a randomised one (version "rand") a single unlucky EOT pass no longer
+    breaks a point.
+
+    Every random draw is keyed per example (seed, the example's index in the
+    evaluated set, attack, restart or target, and query for Square; see
+    :mod:`~gacd_tf.attacks.keyed_random`), so the per-example flags are the
+    same for any batch size, any order of the batches and after a resume.
 
     Args:
         version: "standard" (APGD-CE, APGD-T, FAB-T, Square), "plus"
@@ -57,15 +71,19 @@ class AutoAttack:
             or attack objects with ``perturb(model, x, y)`` (used as given).
         eps: radius of the ball in [0, 1] pixel units.
         norm: "linf" or "l2".
-        seed: int seed of every attack's random draws (recorded in the result);
-            :meth:`run` starts every attack's generator from it, so the same
-            model, examples, batch size and seed give the same numbers.
+        seed: int seed of every attack's random draws (recorded in the
+            result); the same model, examples and seed give the same numbers
+            whatever the batch size.
         verbose: 0 silent (the per-attack lines and warnings go to the absl
             log), 1 a progress bar and one printed line per attack, 2 the
             lines only (warnings are printed as "warning: ..." lines).
         attack_settings: dict attack name -> constructor arguments that
             override the version's (e.g. ``{"apgd-ce": {"n_iter": 10}}``).
         checks: run the reference's sanity checks (warnings in the result).
+        reclassify: count a break only if the returned point, classified
+            once more, is misclassified (True, the reference's rule); False
+            counts it as soon as an attack saw a misclassified iterate (for
+            a randomised model, any one EOT pass: a stricter count).
 
     Example:
     >>> aa = AutoAttack(version="standard", eps=8 / 255, seed=0)
@@ -80,7 +98,7 @@ class AutoAttack:
     """
 
     def __init__(self, version="standard", attacks=None, eps=8 / 255, norm="linf", seed=0,
-                 verbose=1, attack_settings=None, checks=True):
+                 verbose=1, attack_settings=None, checks=True, reclassify=True):
         if version not in VERSIONS:
             raise ConfigError(f"AutoAttack version={version!r} is unknown; choose one of: "
                               f"{', '.join(VERSIONS)}")
@@ -99,6 +117,7 @@ class AutoAttack:
         self.seed = int(seed)
         self.verbose = verbose
         self.checks = bool(checks)
+        self.reclassify = bool(reclassify)
         self.custom = attacks is not None
         names = list(VERSIONS[version]["attacks"]) if attacks is None else list(attacks)
         if not names:
@@ -112,6 +131,8 @@ class AutoAttack:
             while name in self.attacks:
                 i += 1
                 name = f"{base}_{i}"
+            if isinstance(item, str) and name != base and hasattr(attack, "stream"):
+                attack.stream = name  # a second copy draws other numbers
             self.attacks[name] = attack
         unused = sorted(set(overrides) - set(self.attacks))
         if unused:
@@ -119,6 +140,8 @@ class AutoAttack:
                               f"the attacks run ({', '.join(self.attacks)})")
         self._initial_states = {key: gen.state.numpy().copy()
                                 for key, gen in self.seed_generators().items()}
+        self._takes_indices = {name: keyed_random.takes_indices(attack)
+                               for name, attack in self.attacks.items()}
         self._compiled = {}
 
     def _build(self, item, overrides):
@@ -132,8 +155,6 @@ class AutoAttack:
         if item not in valid:
             raise ConfigError(f"AutoAttack attacks entry {item!r} is unknown; choose from: "
                               f"{', '.join(valid)}")
-        import inspect
-
         cls = ATTACKS.get(item)
         accepted = inspect.signature(cls).parameters
         settings = dict(VERSIONS[self.version]["settings"].get(item, {}))
@@ -173,29 +194,38 @@ class AutoAttack:
             "eps": self.eps,
             "norm": self.norm,
             "seed": self.seed,
+            "reclassify": self.reclassify,
             "settings": {name: (a.get_config() if hasattr(a, "get_config") else {})
                          for name, a in self.attacks.items()},
         }
 
-    def perturb(self, model, x, y):
+    def perturb(self, model, x, y, indices=None):
         """The ensemble on one batch: ``(x_adv, robust)``.
 
         Each attack runs on the rows still robust (gathered, so a broken row
         is never attacked again); runs eagerly and inside ``tf.function``.
         No sanity checks here: :meth:`run` makes them.
+
+        Args:
+            model, x, y: as for the attacks' ``perturb``.
+            indices: int ``[B]``, each example's index in the evaluated set
+                (the key of its random draws); default: the positions
+                ``0..B-1`` of this call.
         """
         x = tf.convert_to_tensor(x, tf.float32)
         labels = tf.cast(y, tf.int64)
+        indices = keyed_random.example_indices(x, indices)
         logits = as_outputs(model(x, training=False))["logits"]
         robust = tf.equal(tf.argmax(logits, -1), labels)
         x_adv = x
-        for attack in self.attacks.values():
+        for name, attack in self.attacks.items():
             rows = tf.where(robust)[:, 0]
 
-            def attack_rows(attack=attack, rows=rows):
-                adv, still = attack.perturb(model, tf.gather(x, rows), tf.gather(labels, rows))
-                adv = tf.ensure_shape(tf.cast(adv, tf.float32), [None, *x.shape[1:]])
-                return adv, tf.ensure_shape(tf.cast(still, tf.bool), [None])
+            def attack_rows(name=name, attack=attack, rows=rows):
+                adv, still, _ = self._perturb_rows(name, attack, model, tf.gather(x, rows),
+                                                   tf.gather(labels, rows),
+                                                   tf.gather(indices, rows))
+                return adv, still
 
             def nothing(rows=rows):
                 return tf.gather(x, rows), tf.ones(tf.shape(rows), tf.bool)
@@ -211,11 +241,25 @@ class AutoAttack:
     def __call__(self, model, x, y):
         return self.perturb(model, x, y)[0]
 
+    def _perturb_rows(self, name, attack, model, x, y, indices):
+        """``attack`` on a batch: ``(x_adv, still robust, the model's classes of x_adv)``,
+        a break counted as :class:`AutoAttack` says (``reclassify``)."""
+        if self._takes_indices[name]:
+            adv, still = attack.perturb(model, x, y, indices=indices)
+        else:
+            adv, still = attack.perturb(model, x, y)
+        adv = tf.ensure_shape(tf.cast(adv, tf.float32), [None, *x.shape[1:]])
+        still = tf.ensure_shape(tf.cast(still, tf.bool), [None])
+        predictions = tf.argmax(as_outputs(model(adv, training=False))["logits"], -1)
+        if self.reclassify:
+            still = tf.logical_or(still, tf.equal(predictions, tf.cast(y, tf.int64)))
+        return adv, still, predictions
+
     # ------------------------------------------------------------------
     # The evaluation.
 
     def run(self, model, x, y=None, batch_size=None, verbose=None, progress_file=None,
-            progress_every=60.0):
+            progress_every=60.0, indices=None):
         """Evaluates ``model`` under the ensemble on every example given.
 
         Args:
@@ -234,6 +278,12 @@ class AutoAttack:
                 the run ends (see :mod:`gacd_tf.attacks.autoattack_progress`).
                 A resumed run ends exactly as an uninterrupted one.
             progress_every: seconds between saves (0: after every batch).
+            indices: int ``[N]``, each example's index (the key of its random
+                draws, see :mod:`~gacd_tf.attacks.keyed_random`); default:
+                its position ``0..N-1`` in ``x`` (a dataset's own index
+                element is not used). Pass the global indices when a shard
+                of a larger set is evaluated, so each example draws what it
+                would draw in the whole set.
 
         Returns:
             dict with ``natural_accuracy``, ``robust_accuracy`` (final),
@@ -250,14 +300,21 @@ class AutoAttack:
         model = float32_copy(model)  # robustness is measured in float32
         x, y, batch_size = _as_arrays(x, y, batch_size)
         n = len(y)
+        if indices is None:
+            indices = np.arange(n, dtype=np.int64)
+        indices = np.asarray(indices).reshape(-1).astype(np.int64)
+        if len(indices) != n:
+            raise ConfigError(f"AutoAttack.run got {len(indices)} indices for {n} examples")
         start = time.time()
         for key, gen in self.seed_generators().items():
             gen.state.assign(self._initial_states[key])
 
         logits_fn = self._logits_fn(model, x.shape[1:])
         generators = self.seed_generators()
+        # The probe batch does not depend on batch_size: a run may resume with another.
         key = progress.run_key(self.get_config(), model, x, y,
-                               logits_fn(x[:batch_size]).numpy()) if progress_file else None
+                               logits_fn(x[:_PROBE_EXAMPLES]).numpy(),
+                               indices) if progress_file else None
         saved = progress.load(progress_file, key) if progress_file else None
         if saved is None:
             predictions = np.concatenate([
@@ -282,22 +339,26 @@ class AutoAttack:
             for name, state in saved["generators"].items():
                 current = generators[name].state
                 current.assign(np.asarray(state, dtype=current.numpy().dtype))
-            at = saved["attack_name"]
-            where = (f"after {at}, which had finished" if at in by_attack else
-                     f"in {at} at batch {saved['next_batch'] + 1} of "
-                     f"{-(-len(saved['rows']) // batch_size)}")
+            at, done = saved["attack_name"], int(saved["next_row"])
+            if at in by_attack:
+                where = f"after {at}, which had finished"
+            elif done % batch_size == 0:
+                where = (f"in {at} at batch {done // batch_size + 1} of "
+                         f"{-(-len(saved['rows']) // batch_size)}")
+            else:  # saved with another batch size: the draws are keyed, so it goes on as well
+                where = f"in {at} after {done} of its {len(saved['rows'])} points"
             _say(f"resumed from {progress_file} {where} (natural accuracy: "
                  f"{100 * natural:.2f} %, {n} examples)", verbose)
         last_save = time.time()
 
-        def save_progress(name, rows, next_batch, outside, seconds_so_far):
+        def save_progress(name, rows, next_row, outside, seconds_so_far):
             progress.save(progress_file, key, {
                 "robust": robust, "clean_correct": clean_correct, "x_adv": x_adv,
                 "predictions": predictions, "rows": rows, "natural": natural,
                 "warnings": warnings, "by_attack": by_attack,
                 "seconds_by_attack": {**seconds_by_attack, name: seconds_so_far},
                 "seconds": earlier + time.time() - start, "attack_name": name,
-                "next_batch": next_batch, "outside": outside,
+                "next_row": next_row, "outside": outside,
                 "generators": {k: g.state.numpy().tolist() for k, g in generators.items()}})
 
         for name, attack in self.attacks.items():
@@ -306,21 +367,19 @@ class AutoAttack:
             attack_start = time.time()
             resuming = saved is not None and saved["attack_name"] == name
             rows = saved["rows"].astype(np.int64) if resuming else np.flatnonzero(robust)
-            first = saved["next_batch"] if resuming else 0
+            first = int(saved["next_row"]) if resuming else 0  # rows done before
             outside = saved["outside"] if resuming else 0
             attack_earlier = saved["seconds_by_attack"].get(name, 0.0) if resuming else 0.0
-            batches = range(0, len(rows), batch_size)
+            # Batches of the rows left (any batch size: the draws are keyed per example).
+            batches = range(first, len(rows), batch_size)
             # The bar counts this run's batches, so a resumed run's time per step and
             # ETA are its own (Progbar times from its creation).
-            progbar = keras.utils.Progbar(len(batches) - first,
-                                          verbose=1 if verbose == 1 else 0,
+            progbar = keras.utils.Progbar(len(batches), verbose=1 if verbose == 1 else 0,
                                           stateful_metrics=["robust_acc"])
             fn = self._attack_fn(name, attack, model, x.shape[1:]) if len(rows) else None
             for step, b in enumerate(batches):
-                if step < first:
-                    continue
                 sub = rows[b:b + batch_size]
-                adv, still, pred = (t.numpy() for t in fn(x[sub], y[sub]))
+                adv, still, pred = (t.numpy() for t in fn(x[sub], y[sub], indices[sub]))
                 still = still.astype(bool)
                 inside = _within(adv, x[sub], self.eps, self.norm)
                 outside += int(np.sum(~still & ~inside))
@@ -328,10 +387,10 @@ class AutoAttack:
                 robust[sub[broken]] = False
                 x_adv[sub[broken]] = adv[broken]
                 predictions[sub[broken]] = pred[broken]
-                progbar.update(step + 1 - first, [("robust_acc", float(robust.mean()))])
+                progbar.update(step + 1, [("robust_acc", float(robust.mean()))])
                 if progress_file and step + 1 < len(batches) and \
                         time.time() - last_save >= progress_every:
-                    save_progress(name, rows, step + 1, outside,
+                    save_progress(name, rows, b + len(sub), outside,
                                   attack_earlier + time.time() - attack_start)
                     last_save = time.time()
             if outside:
@@ -393,18 +452,17 @@ class AutoAttack:
         return self._compiled[key]
 
     def _attack_fn(self, name, attack, model, shape):
-        """``attack.perturb`` in a ``tf.function`` with a None batch dimension (no
-        retracing for each subset size), plus the model's classes of ``x_adv``."""
+        """``attack.perturb`` (on images, labels and example indices) in a
+        ``tf.function`` with a None batch dimension (no retracing for each
+        subset size), plus the model's classes of ``x_adv``."""
         key = (name, id(model), tuple(shape))
         if key not in self._compiled:
             @tf.function(input_signature=[tf.TensorSpec([None, *shape], tf.float32),
+                                          tf.TensorSpec([None], tf.int64),
                                           tf.TensorSpec([None], tf.int64)],
                          reduce_retracing=True)
-            def attack_batch(x, y):
-                adv, still = attack.perturb(model, x, y)
-                adv = tf.ensure_shape(tf.cast(adv, tf.float32), [None, *shape])
-                logits = as_outputs(model(adv, training=False))["logits"]
-                return adv, tf.cast(still, tf.bool), tf.argmax(logits, -1)
+            def attack_batch(x, y, indices):
+                return self._perturb_rows(name, attack, model, x, y, indices)
 
             self._compiled[key] = attack_batch
         return self._compiled[key]

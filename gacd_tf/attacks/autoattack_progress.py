@@ -4,11 +4,14 @@ AutoAttack on a whole test split takes hours on a CPU. :meth:`AutoAttack.run`
 with ``progress_file=F`` saves, at most every ``progress_every`` seconds and
 after each attack, everything it needs to go on from the next batch: the
 per-example flags, the adversarial examples found, the predictions, the
-per-attack figures and warnings so far, the position (attack, batch) and
-every random generator's state. Started again with the same model, images,
-labels and settings, it resumes from there and ends with exactly the result
-of an uninterrupted run; finished, it deletes the file. A file written for
-another model, other images or other settings is refused, never mixed in.
+per-attack figures and warnings so far, the position (attack, points done) and
+the state of any random generator a custom attack keeps (the built-in
+attacks keep none: their draws are keyed per example, so a batch run again
+draws what it drew the first time). Started again with the same model,
+images, labels and settings (the batch size may differ), it resumes from
+there and ends with exactly the result of an uninterrupted run; finished, it
+deletes the file. A file written for another model, other images or other
+settings is refused, never mixed in.
 """
 
 import hashlib
@@ -22,10 +25,11 @@ from gacd_tf.errors import ConfigError
 _ARRAYS = ("robust", "clean_correct", "x_adv", "predictions", "rows")
 
 
-def run_key(config, model, x, y, probe_logits):
+def run_key(config, model, x, y, probe_logits, indices=None):
     """A digest of what a run measures: the attack settings, the model's
     weights (where it exposes them) and its logits on the first batch (a
-    SavedModel exposes none), the images and the labels."""
+    SavedModel exposes none), the images, the labels and the examples'
+    indices (the keys of their random draws)."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     digest.update(np.ascontiguousarray(probe_logits, dtype=np.float32).tobytes())
     for weight in getattr(model, "weights", []):
@@ -34,6 +38,8 @@ def run_key(config, model, x, y, probe_logits):
         digest.update(value.tobytes())
     digest.update(np.ascontiguousarray(x).tobytes())
     digest.update(np.ascontiguousarray(y).tobytes())
+    if indices is not None:
+        digest.update(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
     return digest.hexdigest()
 
 

@@ -14,9 +14,9 @@ between the true class and one target class, so it needs the gradient of
 
 import math
 
-import keras
 import tensorflow as tf
 
+from gacd_tf.attacks import keyed_random
 from gacd_tf.attacks.arguments import (
     check_eps,
     check_linf_only,
@@ -123,7 +123,8 @@ class FAB:
         eps: l_inf budget: a point counts as broken only if FAB's perturbation
             is within it; also sets the random-start radius (eps / 2).
         norm: "linf" (the only norm implemented).
-        seed: int seed of the random restarts.
+        seed: int seed of the random restarts, drawn per example from (seed,
+            example index, run) (:mod:`~gacd_tf.attacks.keyed_random`; None: 0).
         n_restarts: runs per point (the first from the clean image).
         n_iter: iterations per run.
         alpha_max: largest weight of the clean image's projection in a step.
@@ -173,7 +174,7 @@ class FAB:
         self.alpha_max = float(alpha_max)
         self.eta = float(eta)
         self.beta = float(beta)
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.stream = self.name  # the name of the keyed draws (AutoAttack renames a second copy)
 
     # -- linearisation -----------------------------------------------------
     def _boundary(self, model, x1, y, target):
@@ -207,17 +208,19 @@ class FAB:
         flat = tf.reshape(x1, [tf.shape(x1)[0], -1])
         return grad, tf.reduce_sum(grad * flat, axis=1) - df
 
-    def _single_run(self, model, x, y, target, active, random_start):
+    def _single_run(self, model, x, y, target, active, random_start, indices, run):
         """One FAB run; returns the smallest misclassified point found and its norm.
 
         ``random_start`` is a bool tensor: start from a random point of the
-        eps/2-ball instead of the clean image.
+        eps/2-ball instead of the clean image, row ``i``'s drawn from (seed,
+        ``indices[i]``, ``run``).
         """
         batch = tf.shape(x)[0]
         flat_x = tf.reshape(x, [batch, -1])
         x1 = x
         if self.n_restarts > 1:  # only restarts after the first draw
-            u = keras.random.uniform(tf.shape(x), minval=-1.0, maxval=1.0, seed=self.seed_generator)
+            keys = keyed_random.example_keys(self.seed, f"{self.stream}/start", indices, run)
+            u = 2.0 * keyed_random.uniform(keys, tf.shape(x)[1:]) - 1.0
             u = u / tf.reshape(tf.maximum(_linf_norm(u), 1e-12), [-1, 1, 1, 1])
             x1 = tf.where(random_start, tf.clip_by_value(x + 0.5 * self.eps * u, 0.0, 1.0), x)
         best = x
@@ -259,7 +262,7 @@ class FAB:
             return 1
         return min(self.n_target_classes, num_classes - 1)
 
-    def perturb(self, model, x, y):
+    def perturb(self, model, x, y, indices=None):
         """Runs FAB on the clean-correct points of ``x``.
 
         Args:
@@ -267,6 +270,9 @@ class FAB:
                 what :func:`as_outputs` accepts).
             x: float32 images in [0, 1], NHWC.
             y: int labels ``[B]``.
+            indices: int ``[B]``, each example's index in the evaluated set
+                (the key of its random restarts); default: the positions
+                ``0..B-1`` of this call.
 
         Returns:
             ``(x_adv, robust)``: ``robust[i]`` is True when ``x[i]`` is
@@ -277,6 +283,7 @@ class FAB:
         """
         x = tf.convert_to_tensor(x, tf.float32)
         y = tf.cast(tf.convert_to_tensor(y), tf.int32)
+        indices = keyed_random.example_indices(x, indices)
         clean_logits = _logits(model, x)
         robust = tf.argmax(clean_logits, axis=1, output_type=tf.int32) == y
         # Classes ranked by clean logit: column k is the target of the k-th target run.
@@ -286,7 +293,8 @@ class FAB:
         # One loop over (target, restart) runs, so the model is traced once.
         def run(r, x_adv, robust):
             target = tf.gather(ranked, 1 + r // self.n_restarts, axis=1) if self.targeted else y
-            adv, adv_norm = self._single_run(model, x, y, target, robust, r % self.n_restarts > 0)
+            adv, adv_norm = self._single_run(model, x, y, target, robust, r % self.n_restarts > 0,
+                                             indices, r)
             still_right = tf.argmax(_logits(model, adv), axis=1, output_type=tf.int32) == y
             broken = robust & (adv_norm <= self.eps) & ~still_right
             x_adv = tf.where(broken[:, None, None, None], adv, x_adv)
@@ -301,7 +309,8 @@ class FAB:
         return self.perturb(model, x, y)[0]
 
     def seed_generators(self):
-        return {"seed_generator": self.seed_generator}
+        """None to checkpoint: the draws are keyed per example."""
+        return {}
 
     def get_config(self):
         config = {

@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from gacd_tf.attacks import keyed_random
 from gacd_tf.attacks.norms import get_norm
 from gacd_tf.attacks.objectives import as_outputs, get_objective
 from gacd_tf.attacks.registry import ATTACKS
@@ -14,8 +15,10 @@ from gacd_tf.training.distribute import all_gather, local_rows, num_replicas
 class PGD:
     """Projected gradient ascent on a pluggable objective inside an eps-ball.
 
-    ``x0 = clip01(x + random point of the ball)`` (if ``random_start``), then
-    ``steps`` times ``x <- clip01(x + Proj_eps(x + step_size * dir(grad) - x))``
+    ``x0 = clip01(x + random point of the ball)`` (if ``random_start``; with
+    ``clip_start=False`` the start is not clipped, so the first gradient is
+    taken at ``x + delta`` even where it leaves [0, 1]), then ``steps`` times
+    ``x <- clip01(x + Proj_eps(x + step_size * dir(grad) - x))``
     where ``dir`` is ``sign`` for l_inf and ``g / ||g||_2`` for l_2. The model
     is called with ``training=False`` (inference-mode batch norm, no dropout).
     The loop is a ``tf.while_loop``, so the attack runs eagerly, inside
@@ -30,9 +33,22 @@ class PGD:
         norm: "linf" or "l2".
         random_start: start from a uniformly random point of the ball.
         objective: name ("ce", "kl") or an :class:`Objective` instance.
-        seed: int seed of the random start (a ``keras.random.SeedGenerator``).
+        seed: int seed of the random start. ``__call__`` (training) draws
+            from a ``keras.random.SeedGenerator`` of it (checkpointed with
+            the trainer); :meth:`perturb` (evaluation) draws per example
+            from (seed, example index, restart), see
+            :mod:`~gacd_tf.attacks.keyed_random` (None: 0).
         restarts: random starts :meth:`perturb` tries (>= 1); ``__call__``
             (training) always makes one.
+        clip_start: clip the random start to [0, 1] before the first
+            gradient (True, as Madry et al.'s official PGD, MadryLab
+            cifar10_challenge ``pgd_attack.py``, and the SPEC); False takes
+            the first gradient at the unclipped start, as ARD's official code
+            (goldblum/AdversariallyRobustDistillation, ``main.py``
+            ``AttackPGD``) and Feature Scattering's (Haichao-Zhang/
+            FeatureScatter, ``attack_methods.py``) do. Every later iterate,
+            and the returned point, is in [0, 1] either way; :meth:`perturb`
+            does not count an unclipped start (it is not a valid image).
 
     Calling the attack returns the last iterate of one start (what training
     uses). :meth:`perturb` is the evaluation interface: it follows SPEC
@@ -60,6 +76,7 @@ class PGD:
         objective="ce",
         seed=None,
         restarts=1,
+        clip_start=True,
     ):
         if not eps >= 0:
             raise ConfigError(f"attack eps must be >= 0, got {eps}")
@@ -77,7 +94,10 @@ class PGD:
         self.objective = get_objective(objective)
         self.seed = seed
         self.restarts = int(restarts)
+        self.clip_start = bool(clip_start)
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # The name of this attack's keyed draws (AutoAttack renames a second copy).
+        self.stream = getattr(type(self), "name", "pgd")
 
     def seed_generators(self):
         """The random generators this attack draws from (for checkpoints)."""
@@ -91,7 +111,30 @@ class PGD:
         # the single-device start of the same examples.
         delta = self.norm.random_perturbation(all_gather(x), self.eps, self.seed_generator)
         delta = local_rows(delta, tf.shape(x)[0])
-        return tf.clip_by_value(x + delta, 0.0, 1.0)
+        return tf.clip_by_value(x + delta, 0.0, 1.0) if self.clip_start else x + delta
+
+    def _start_in_box(self):
+        """Whether the start point is a valid image (in [0, 1])."""
+        return self.clip_start or not self.random_start or self.eps == 0
+
+    def keyed_start(self, x, indices, restart):
+        """:meth:`start` for evaluation: row ``i``'s random point drawn from (seed,
+        ``indices[i]``, ``restart``) only (:mod:`~gacd_tf.attacks.keyed_random`)."""
+        if not self.random_start or self.eps == 0:
+            return x
+        keys = keyed_random.example_keys(self.seed, f"{self.stream}/start", indices, restart)
+        shape = tf.shape(x)[1:]
+        if self.norm.name == "linf":
+            delta = (2.0 * keyed_random.uniform(keys, shape) - 1.0) * self.eps
+        else:
+            direction = keyed_random.normal(keys, shape)
+            axes = list(range(1, x.shape.rank))
+            size = tf.sqrt(tf.reduce_sum(tf.square(direction), axes, keepdims=True))
+            radius = keyed_random.uniform(
+                keyed_random.fold(keys, tf.constant(1, tf.int64), 9), [1] * (x.shape.rank - 1))
+            delta = direction / (size + 1e-12) * radius * self.eps
+        delta = tf.cast(delta, x.dtype)
+        return tf.clip_by_value(x + delta, 0.0, 1.0) if self.clip_start else x + delta
 
     def project(self, x_adv, x):
         """Back onto the eps-ball around ``x`` and into [0, 1]."""
@@ -117,7 +160,7 @@ class PGD:
         Returns:
             ``x_adv`` (no gradient flows back through it), same shape as ``x``.
         """
-        x = tf.convert_to_tensor(x, tf.float32)
+        x = _training_input(x)
         x_adv = self.start(x)
 
         def body(i, x_adv):
@@ -137,9 +180,11 @@ class PGD:
                 (tf.constant(0), x_adv),
                 parallel_iterations=1,
             )
+        if self.steps == 0 and not self.clip_start:
+            x_adv = self.project(x_adv, x)
         return tf.stop_gradient(x_adv)
 
-    def perturb(self, model, x, y):
+    def perturb(self, model, x, y, indices=None):
         """Evaluation under SPEC "Counting": ``(x_adv, robust)`` for labels ``y``.
 
         Runs ``restarts`` starts of the attack on the whole batch. Every
@@ -148,19 +193,27 @@ class PGD:
         are classified as ``y``. For a non-robust example ``x_adv`` is the
         first misclassified point found (the clean image when that is
         already misclassified); for a robust one, the iterate of highest
-        objective value. Runs eagerly and inside ``tf.function``.
+        objective value. Runs eagerly and inside ``tf.function``. The
+        random starts are keyed per example (seed, index, restart), so an
+        example's result does not depend on the batch it is in.
 
         Args:
             model: as for ``__call__``; only its logits are used to classify.
             x: float images in [0, 1], NHWC.
             y: integer labels ``[B]`` (the objective's target too, e.g. "ce").
+            indices: int ``[B]``, each example's index in the evaluated set
+                (the key of its random draws); default: the positions
+                ``0..B-1`` of this call.
 
         Returns:
             ``(x_adv, robust)``: float32 images like ``x`` and a bool ``[B]``.
         """
         x = tf.convert_to_tensor(x, tf.float32)
         labels = tf.cast(y, tf.int64)
+        indices = keyed_random.example_indices(x, indices)
         rows = tf.concat([tf.shape(x)[:1], tf.ones([x.shape.rank - 1], tf.int32)], 0)
+        # An unclipped random start is no image: it is not counted.
+        count_start = self._start_in_box()
 
         def wrong(logits):
             return tf.not_equal(tf.argmax(logits, -1), labels)
@@ -171,13 +224,13 @@ class PGD:
         best = x
         best_loss = tf.fill(tf.shape(labels), tf.constant(-float("inf"), tf.float32))
 
-        def visit(x_adv, logits, loss, found, first, best, best_loss):
+        def visit(x_adv, logits, loss, found, first, best, best_loss, valid=True):
             """Records the iterate ``x_adv`` (classified as ``logits``, objective ``loss``)."""
-            miss = wrong(logits)
+            miss = tf.logical_and(wrong(logits), valid)
             new = tf.reshape(tf.logical_and(miss, tf.logical_not(found)), rows)
             first = tf.where(new, x_adv, first)
             loss = tf.cast(loss, tf.float32)
-            better = loss > best_loss
+            better = tf.logical_and(loss > best_loss, valid)
             best = tf.where(tf.reshape(better, rows), x_adv, best)
             best_loss = tf.where(better, loss, best_loss)
             return tf.logical_or(found, miss), first, best, best_loss
@@ -185,11 +238,11 @@ class PGD:
         def body(i, x_adv, found, first, best, best_loss):
             loss, grad, logits = self._loss_and_gradient(model, x_adv, y)
             found, first, best, best_loss = visit(x_adv, logits, loss, found, first, best,
-                                                  best_loss)
+                                                  best_loss, tf.logical_or(i > 0, count_start))
             return i + 1, self.project(self.step(x_adv, grad), x), found, first, best, best_loss
 
-        for _ in range(self.restarts):
-            x_adv = self.start(x)
+        for restart in range(self.restarts):
+            x_adv = self.keyed_start(x, indices, restart)
             state = (tf.constant(0), x_adv, found, first, best, best_loss)
             if num_replicas() > 1:
                 for _ in range(self.steps):
@@ -198,6 +251,8 @@ class PGD:
                 state = tf.while_loop(lambda i, *_: i < self.steps, body, state,
                                       parallel_iterations=1)
             _, x_adv, found, first, best, best_loss = state
+            if self.steps == 0 and not count_start:
+                x_adv = self.project(x_adv, x)
             outputs = model(x_adv, training=False)
             found, first, best, best_loss = visit(
                 x_adv, as_outputs(outputs)["logits"], self.objective(outputs, y), found, first,
@@ -252,6 +307,7 @@ class PGD:
             "objective": type(self.objective).__name__,
             "seed": self.seed,
             "restarts": self.restarts,
+            "clip_start": self.clip_start,
         }
 
 
@@ -283,3 +339,11 @@ def computes_in_float16(model):
     dtype = getattr(model, "compute_dtype", None) or \
         keras.mixed_precision.global_policy().compute_dtype
     return dtype == "float16"
+
+
+def _training_input(x):
+    """Training batches as float32, but a float64 batch (training in float64:
+    ``benchmarks/torch_parity.py --dtype=float64``) keeps its precision."""
+    if tf.is_tensor(x) and x.dtype == tf.float64:
+        return x
+    return tf.convert_to_tensor(x, tf.float32)

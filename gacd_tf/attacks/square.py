@@ -7,10 +7,10 @@ white-box attacks could not.
 
 import math
 
-import keras
 import numpy as np
 import tensorflow as tf
 
+from gacd_tf.attacks import keyed_random
 from gacd_tf.attacks.arguments import (
     check_eps,
     check_linf_only,
@@ -69,16 +69,20 @@ class Square:
     then each query changes one random ``s x s`` square: every channel of the
     square is set to ``x +- eps`` (a random sign per channel). The new point
     is kept when it lowers the margin ``z_y - max_{i != y} z_i`` or is
-    misclassified. Square size follows :func:`square_sizes`. As in the
-    reference, a query draws one square position and one sign per channel for
-    the whole batch, so an example's result does not depend on the batch it
-    is in. Only clean-correct, not yet broken points are updated; the loop
-    stops early when every point is broken. No gradients are computed.
+    misclassified. Square size follows :func:`square_sizes`. Each query draws,
+    per example, one square position and one sign per channel from (seed,
+    example index, restart, query) (:mod:`~gacd_tf.attacks.keyed_random`),
+    so an example's result does not depend on the batch it is in or on the
+    other rows still running. (The reference draws one position and one sign
+    per channel per query for the whole batch: there an example's result
+    depends on its batch.) Only clean-correct, not yet broken points are
+    updated; the loop stops early when every point is broken. No gradients
+    are computed.
 
     Args:
         eps: l_inf budget.
         norm: "linf" (the only norm implemented).
-        seed: int seed of the random draws (``keras.random.SeedGenerator``).
+        seed: int seed of the keyed random draws (None: 0).
         n_queries: queries per restart (5000 in AutoAttack), after the
             starting point's.
         p_init: initial fraction of pixels in the square (0.8).
@@ -113,19 +117,19 @@ class Square:
         self.p_init = float(p_init)
         self.n_restarts = int(n_restarts)
         self.rescale_schedule = bool(rescale_schedule)
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.stream = self.name  # the name of the keyed draws (AutoAttack renames a second copy)
 
-    def _single_run(self, model, x, y, active):
-        """One run on the rows ``active``; returns (best point, broken)."""
+    def _single_run(self, model, x, y, active, indices, restart):
+        """One run (number ``restart``) on the rows ``active``; returns (best point, broken)."""
         _, height, width, channels = x.shape
         if None in (height, width, channels):
             raise ConfigError(f"square attack needs images of known height, width and channels, got {x.shape}")
         lower = tf.maximum(x - self.eps, 0.0)
         upper = tf.minimum(x + self.eps, 1.0)
-        # Start: vertical stripes, one sign per (column, channel).
-        stripes = keras.random.uniform(
-            tf.stack([tf.shape(x)[0], 1, width, channels]), seed=self.seed_generator
-        )
+        # Start: vertical stripes, one sign per (column, channel) and example.
+        stripes = keyed_random.uniform(
+            keyed_random.example_keys(self.seed, f"{self.stream}/stripes", indices, restart),
+            [1, width, channels])
         x_best = tf.clip_by_value(x + self.eps * tf.where(stripes < 0.5, -1.0, 1.0), 0.0, 1.0)
         logits = _logits(model, x_best)
         margin_best = _margin(logits, y)
@@ -133,19 +137,24 @@ class Square:
 
         sizes = tf.constant(square_sizes(self.n_queries, self.p_init, height, width, channels,
                                           self.rescale_schedule))
-        # All draws up front: square corner (2 uniforms) and channel signs.
-        draws = keras.random.uniform([self.n_queries, 2 + channels], seed=self.seed_generator)
-        rows = tf.range(height)[:, None]
+        # Per query and example: square corner (2 uniforms) and channel signs.
+        query_keys = keyed_random.example_keys(self.seed, f"{self.stream}/query", indices,
+                                               restart)
+        rows = tf.range(height)[None, :]
         cols = tf.range(width)[None, :]
 
         def body(i, x_best, margin_best, broken):
             side = sizes[i]
+            draws = keyed_random.uniform(keyed_random.fold(query_keys, i, 9), [2 + channels])
             # Corner in [0, n - side - 1] (0 when the square fills the side), as the reference.
-            top = tf.cast(tf.floor(draws[i, 0] * tf.cast(height - side, tf.float32)), tf.int32)
-            left = tf.cast(tf.floor(draws[i, 1] * tf.cast(width - side, tf.float32)), tf.int32)
-            inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
-            signs = tf.where(draws[i, 2:] < 0.5, -1.0, 1.0)
-            step = tf.cast(inside, tf.float32)[None, :, :, None] * (2.0 * self.eps) * signs
+            top = tf.cast(tf.floor(draws[:, 0] * tf.cast(height - side, tf.float32)), tf.int32)
+            left = tf.cast(tf.floor(draws[:, 1] * tf.cast(width - side, tf.float32)), tf.int32)
+            # The square of row b: its rows [B, H] times its columns [B, W].
+            in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)
+            in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)
+            inside = tf.cast(in_rows[:, :, None, None] & in_cols[:, None, :, None], tf.float32)
+            signs = tf.where(draws[:, 2:] < 0.5, -2.0 * self.eps, 2.0 * self.eps)
+            step = inside * signs[:, None, None, :]
             x_new = tf.clip_by_value(x_best + step, lower, upper)
             logits = _logits(model, x_new)
             margin = _margin(logits, y)
@@ -164,7 +173,7 @@ class Square:
         )
         return x_best, broken
 
-    def perturb(self, model, x, y):
+    def perturb(self, model, x, y, indices=None):
         """Runs Square on the clean-correct points of ``x``.
 
         Args:
@@ -172,6 +181,9 @@ class Square:
                 what :func:`as_outputs` accepts).
             x: float32 images in [0, 1], NHWC, static height/width/channels.
             y: int labels ``[B]``.
+            indices: int ``[B]``, each example's index in the evaluated set
+                (the key of its random draws); default: the positions
+                ``0..B-1`` of this call.
 
         Returns:
             ``(x_adv, robust)``: ``robust[i]`` is True when ``x[i]`` is
@@ -182,10 +194,11 @@ class Square:
         """
         x = tf.convert_to_tensor(x, tf.float32)
         y = tf.cast(tf.convert_to_tensor(y), tf.int32)
+        indices = keyed_random.example_indices(x, indices)
         robust = tf.argmax(_logits(model, x), axis=1, output_type=tf.int32) == y
         x_adv = x
-        for _ in range(self.n_restarts):
-            x_best, broken = self._single_run(model, x, y, robust)
+        for restart in range(self.n_restarts):
+            x_best, broken = self._single_run(model, x, y, robust, indices, restart)
             x_adv = tf.where((broken | robust)[:, None, None, None], x_best, x_adv)
             robust = robust & ~broken
         return tf.stop_gradient(x_adv), robust
@@ -194,7 +207,8 @@ class Square:
         return self.perturb(model, x, y)[0]
 
     def seed_generators(self):
-        return {"seed_generator": self.seed_generator}
+        """None to checkpoint: the draws are keyed per example."""
+        return {}
 
     def get_config(self):
         return {

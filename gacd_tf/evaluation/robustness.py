@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from gacd_tf.attacks import as_outputs
+from gacd_tf.attacks.keyed_random import takes_indices
 from gacd_tf.methods.common import unpack_batch
 from gacd_tf.models.io import float32_copy
 
@@ -22,7 +23,10 @@ def evaluate_robustness(model, dataset, attack, verbose=1, return_examples=False
     misclassified; so robust accuracy never exceeds natural accuracy. An
     attack without ``perturb`` (a plain ``attack(model, x, y) -> x_adv``
     callable) counts an example robust when both its clean and its
-    adversarial image are classified correctly.
+    adversarial image are classified correctly. An attack whose ``perturb``
+    takes ``indices`` gets each example's position in ``dataset`` (its
+    batch's start plus its row), the key of its random draws, so the
+    per-example results do not depend on the batch size.
 
     An :class:`gacd_tf.attacks.AutoAttack` runs as an ensemble over the
     whole dataset (:meth:`AutoAttack.run`: each attack on the points still
@@ -60,14 +64,18 @@ def evaluate_robustness(model, dataset, attack, verbose=1, return_examples=False
     def logits_of(x):
         return as_outputs(model(x, training=False))["logits"]
 
+    keyed = attack is not None and takes_indices(attack)
+
     @tf.function(reduce_retracing=True)
-    def batch_counts(x, y):
+    def batch_counts(x, y, indices):
         y = tf.cast(y, tf.int64)
         correct = tf.equal(tf.argmax(logits_of(x), -1), y)
         nat = tf.reduce_sum(tf.cast(correct, tf.int64))
         if attack is None:
             return nat, tf.constant(0, tf.int64), x, correct, correct
-        if callable(getattr(attack, "perturb", None)):
+        if keyed:
+            x_adv, robust = attack.perturb(model, x, y, indices=indices)
+        elif callable(getattr(attack, "perturb", None)):
             x_adv, robust = attack.perturb(model, x, y)
         else:
             x_adv = attack(model, x, y)
@@ -84,7 +92,8 @@ def evaluate_robustness(model, dataset, attack, verbose=1, return_examples=False
     start = time.time()
     for step, batch in enumerate(dataset):
         x, y, _ = unpack_batch(batch)
-        nat, adv, x_adv, robust_rows, correct_rows = batch_counts(x, y)
+        indices = tf.range(total, total + tf.shape(x)[0], dtype=tf.int64)
+        nat, adv, x_adv, robust_rows, correct_rows = batch_counts(x, y, indices)
         if return_examples:
             for key, value in zip(examples, (x_adv, robust_rows, correct_rows, y)):
                 examples[key].append(np.asarray(value))

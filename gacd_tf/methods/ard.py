@@ -88,12 +88,17 @@ class ARDDistiller(Distiller):
     (sum over classes, mean over batch), C times stronger.
     ``reweight=True`` multiplies each sample's KL by the teacher's probability
     of the true class (the paper's reweighted-ARD ablation).
-    ``ard_attack_training_mode=True`` reproduces two batch-norm details of the
+    ``ard_attack_training_mode=True`` reproduces three details of the
     official code ("ARD as its code runs", SPEC "ARD baseline"): the student
     makes its attack in *training* mode (batch statistics; every PGD iterate
-    updates the running statistics), and the natural forward pass runs even
-    at ``a = 1`` (where it only moves the running statistics). Default False:
-    the attack sees the student in inference mode, as every other attack here.
+    updates the running statistics), the natural forward pass runs even at
+    ``a = 1`` (where it only moves the running statistics), and the attack
+    built by :func:`gacd_tf.methods.build` takes its first gradient at the
+    unclipped random start ``x + U(-eps, eps)`` (main.py:69-70; PGD with
+    ``clip_start=False``; by default PGD clips the start to [0, 1]). ``benchmarks/torch_parity.py`` shows this mode's
+    step equal to the official one to float32 round-off. Default False: the
+    attack sees the student in inference mode from a clipped start, as every
+    other attack here.
 
     Args:
         student, teacher: the networks (teacher frozen).
@@ -118,13 +123,16 @@ class ARDDistiller(Distiller):
                 "stronger).", kind="enum", choices=("official", "batchmean")),
         Setting("ard_attack_training_mode", False, "ARD: as the official code runs, make the "
                 "student attack in training-mode batch norm (batch statistics, running "
-                "statistics updated by every PGD iterate) and run the natural forward pass "
-                "even at --ard_alpha=1.", kind="bool"),
+                "statistics updated by every PGD iterate) from the unclipped random start, and "
+                "run the natural forward pass even at --ard_alpha=1.", kind="bool"),
     )
     REWEIGHT = False
 
     @classmethod
     def build_attack(cls, settings, context):
+        if settings.get("ard_attack_training_mode"):
+            # As the official code (main.py:69-70): the first gradient at the unclipped start.
+            return context.attack(clip_start=False)
         return context.attack()
 
     def __init__(self, student, teacher, attack=None, ard_alpha=1.0, ard_temperature=30.0,
