@@ -144,8 +144,12 @@ def example_indices(x, indices=None):
 
 
 def takes_indices(attack):
-    """Whether ``attack.perturb`` takes the examples' ``indices`` (a custom attack may not)."""
+    """Whether ``attack.perturb`` takes the examples' ``indices`` (a custom attack may
+    not, and a plain callable attack has no ``perturb``)."""
+    perturb = getattr(attack, "perturb", None)
+    if not callable(perturb):
+        return False
     try:
-        return "indices" in inspect.signature(attack.perturb).parameters
+        return "indices" in inspect.signature(perturb).parameters
     except (TypeError, ValueError):
         return False
