@@ -186,3 +186,21 @@ def test_the_deterministic_flag_turns_on_op_determinism(monkeypatch):
         assert config.is_op_determinism_enabled()
     finally:
         config.disable_op_determinism()
+
+
+def test_a_run_started_before_a_flag_existed_resumes_under_its_old_value(tmp_path, monkeypatch):
+    """flags.json of a run from before --sgd_form: it ran Keras' SGD, so it resumes only
+    with --sgd_form=keras (PyTorch's form would read its momentum slot wrongly)."""
+    from gacd_tf.errors import ConfigError
+    from gacd_tf.programs import common
+
+    (tmp_path / "checkpoints" / "train").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "train" / "state.json").write_text("{}")
+    (tmp_path / "flags.json").write_text(json.dumps({"epochs": 2, "nce_normaliser": "crd"}))
+    monkeypatch.setattr(common, "flag_values", lambda: {"epochs": 2, "sgd_form": "keras",
+                                                        "nce_normaliser": "crd"})
+    assert common.check_resume(str(tmp_path)) is True
+    monkeypatch.setattr(common, "flag_values", lambda: {"epochs": 2, "sgd_form": "pytorch",
+                                                        "nce_normaliser": "crd"})
+    with pytest.raises(ConfigError, match="--sgd_form=keras there, pytorch now"):
+        common.check_resume(str(tmp_path))

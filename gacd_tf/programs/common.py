@@ -162,6 +162,11 @@ RESUME_MAY_CHANGE = ("verbose", "checkpoint_every_steps", "data_dir", "unsafe_lo
                      "final_autoattack_examples", "aa_version", "aa_attacks", "aa_seed")
 
 
+# Flags added after runs were started, with the value those runs ran with: a flags.json
+# without them resumes only under that value.
+RESUME_ADDED_FLAGS = {"sgd_form": "keras", "nce_normaliser": "crd"}
+
+
 def checkpoint_dir(model_dir, phase):
     return os.path.join(model_dir, "checkpoints", phase)
 
@@ -180,6 +185,7 @@ def check_resume(model_dir):
     with open(old_path) as f:
         old = json.load(f)
     new = json.loads(json.dumps(flag_values()))  # lists/tuples compare as in the file
+    old = {**{n: v for n, v in RESUME_ADDED_FLAGS.items() if n in new}, **old}
     changed = [name for name in sorted(set(old) | set(new))
                if name not in RESUME_MAY_CHANGE and old.get(name) != new.get(name)]
     if changed:
