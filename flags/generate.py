@@ -174,6 +174,12 @@ def with_controls(prefix, aft_rows):
     return rows
 
 
+def cpu_teacher(epochs, budget):
+    """The flags of the CPU grids' teacher: ResNet-20, PGD-3 AT (step 2.5 eps / 3)."""
+    return ["--dataset=cifar10", "--arch=resnet20", f"--epochs={epochs}", *budget,
+            "--train_attack_steps=3", "--train_step_size=0.0261437908", "--seed=0"]
+
+
 def reproduce_files():
     files = []
     # smoke: what the tests run (seconds per run on tiny data).
@@ -210,8 +216,7 @@ def reproduce_files():
         "# 2.5 eps / 3) for 15 epochs on a class-balanced 10,000-image CIFAR-10 subset (9,500",
         "# for training, 500 held out for validation), cosine lr; PGD-20 on a class-balanced 2,000 of",
         "# the test split, AutoAttack (standard) on a class-balanced 200 of it.",
-        "--dataset=cifar10", "--arch=resnet20", "--epochs=15", *budget,
-        "--train_attack_steps=3", "--train_step_size=0.0261437908", "--seed=0"]))
+        *cpu_teacher(15, budget)]))
     files.append(text_file("reproduce/cpu/common.cfg", [
         "# gacd-reproduce CPU-scale grid, every student (same budget for every row): ResNet-8,",
         "# 5 epochs of its method on the teacher's 10,000 images (PGD-5 inner attacks where the",
@@ -323,8 +328,7 @@ def reproduce_files():
         "# 10,000-image CIFAR-10 subset (9,500 for training, 500 held out for validation),",
         "# cosine lr; PGD-20 on a class-balanced 2,000 of the test split, AutoAttack",
         "# (standard) on a class-balanced 500 of it.",
-        "--dataset=cifar10", "--arch=resnet20", "--epochs=30", *long_budget,
-        "--train_attack_steps=3", "--train_step_size=0.0261437908", "--seed=0"]))
+        *cpu_teacher(30, long_budget)]))
     files.append(text_file("reproduce/cpu_long/common.cfg", [
         "# gacd-reproduce long CPU grid, every student: ResNet-8, 30 epochs of its method on",
         "# the teacher's 10,000 images, then (rows with AFT) 2 epochs of AFT (PGD-5 AT at",
