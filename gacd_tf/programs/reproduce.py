@@ -670,10 +670,7 @@ def _epoch_series(log_path, column):
 
 def _mean_series(log_paths, column):
     """Per-epoch mean over runs of ``column`` (as long as the shortest run), or None."""
-    series = [s for s in (_epoch_series(path, column) for path in log_paths) if s]
-    if not series:
-        return None
-    return [mean_std([s[e] for s in series])[0] for e in range(min(len(s) for s in series))]
+    return _mean_curve([_epoch_series(path, column) for path in log_paths])
 
 
 def _validation_curve(model_dir, column="val_adv_accuracy"):
