@@ -34,6 +34,7 @@ from gacd_tf.attacks.apgd_targeted import APGDTargeted
 from gacd_tf.attacks.autoattack import AutoAttack
 from gacd_tf.attacks.fab import FAB, FABTargeted, projection_linf
 from gacd_tf.attacks.square import Square
+from gacd_tf.attacks.pass_counter import PassCounter
 
 __all__ = [
     "GaussianStartPGD",
@@ -45,4 +46,5 @@ __all__ = [
     "get_objective", "AutoAttack",
     "FAB", "FABTargeted", "projection_linf",
     "Square",
+    "PassCounter",
 ]

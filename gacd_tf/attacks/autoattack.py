@@ -18,6 +18,7 @@ from absl import logging
 from gacd_tf.attacks import autoattack_progress as progress
 from gacd_tf.attacks import keyed_random
 from gacd_tf.attacks.objectives import as_outputs
+from gacd_tf.attacks.pass_counter import PassCounter
 from gacd_tf.attacks.registry import AA_VERSIONS as VERSIONS
 from gacd_tf.attacks.registry import ATTACKS, AUTOATTACK, NORMS, ensemble_attack_names
 from gacd_tf.errors import ConfigError
@@ -143,6 +144,7 @@ class AutoAttack:
         self._takes_indices = {name: keyed_random.takes_indices(attack)
                                for name, attack in self.attacks.items()}
         self._compiled = {}
+        self._counter = None  # (model, strategy, PassCounter) of the last run
 
     def _build(self, item, overrides):
         if not isinstance(item, str):
@@ -288,7 +290,17 @@ class AutoAttack:
         Returns:
             dict with ``natural_accuracy``, ``robust_accuracy`` (final),
             ``robust_accuracy_by_attack`` (attack name -> robust accuracy
-            after it, in run order), ``seconds_by_attack``, ``seconds``,
+            after it, in run order), ``seconds_by_attack``,
+            ``passes_by_attack`` (attack name -> ``{"forward": F,
+            "backward": B}``: the images the attack sent through the model
+            forward, and back-propagated through for an input gradient,
+            counted by :class:`~gacd_tf.attacks.pass_counter.PassCounter`
+            over all its batches, rows already broken that keep running or
+            that pad a batch included; a forward pass with an input
+            gradient counts one of each, so Square's backward is 0; the
+            clean pass and the sanity checks are no attack's; None for an
+            attack resumed from a progress file saved before the counts
+            existed), ``seconds``,
             ``num_examples``, ``warnings`` (list of sentences), ``attack``
             (the settings, seed included), and NumPy arrays ``robust``
             (bool [N]), ``clean_correct`` (bool [N]), ``x_adv`` (float32,
@@ -310,6 +322,7 @@ class AutoAttack:
             gen.state.assign(self._initial_states[key])
 
         logits_fn = self._logits_fn(model, x.shape[1:])
+        counter = self._pass_counter(model)  # the attacks call the model through it
         generators = self.seed_generators()
         # The probe batch does not depend on batch_size: a run may resume with another.
         key = progress.run_key(self.get_config(), model, x, y,
@@ -330,11 +343,15 @@ class AutoAttack:
             for warning in warnings:
                 _warn(warning, verbose)
             by_attack, seconds_by_attack, earlier = {}, {}, 0.0
+            passes_by_attack = {}
         else:
             robust, clean_correct = saved["robust"].astype(bool), saved["clean_correct"]
             x_adv, predictions = saved["x_adv"], saved["predictions"].astype(np.int64)
             natural, warnings = saved["natural"], list(saved["warnings"])
             by_attack, seconds_by_attack = saved["by_attack"], saved["seconds_by_attack"]
+            # A file saved before the counts existed: those attacks' passes are unknown.
+            passes_by_attack = saved["passes_by_attack"] if "passes_by_attack" in saved else {
+                name: None for name in [*by_attack, saved["attack_name"]]}
             earlier = saved["seconds"]
             for name, state in saved["generators"].items():
                 current = generators[name].state
@@ -351,12 +368,20 @@ class AutoAttack:
                  f"{100 * natural:.2f} %, {n} examples)", verbose)
         last_save = time.time()
 
+        def attack_passes():
+            """The running attack's passes so far, earlier runs' included (None: unknown)."""
+            if passes_earlier is None:
+                return None
+            now = counter.counts()
+            return {k: passes_earlier[k] + now[k] - passes_start[k] for k in now}
+
         def save_progress(name, rows, next_row, outside, seconds_so_far):
             progress.save(progress_file, key, {
                 "robust": robust, "clean_correct": clean_correct, "x_adv": x_adv,
                 "predictions": predictions, "rows": rows, "natural": natural,
                 "warnings": warnings, "by_attack": by_attack,
                 "seconds_by_attack": {**seconds_by_attack, name: seconds_so_far},
+                "passes_by_attack": {**passes_by_attack, name: attack_passes()},
                 "seconds": earlier + time.time() - start, "attack_name": name,
                 "next_row": next_row, "outside": outside,
                 "generators": {k: g.state.numpy().tolist() for k, g in generators.items()}})
@@ -370,13 +395,16 @@ class AutoAttack:
             first = int(saved["next_row"]) if resuming else 0  # rows done before
             outside = saved["outside"] if resuming else 0
             attack_earlier = saved["seconds_by_attack"].get(name, 0.0) if resuming else 0.0
+            passes_earlier = passes_by_attack.pop(name, None) if resuming else \
+                {"forward": 0, "backward": 0}
+            passes_start = counter.counts()
             # Batches of the rows left (any batch size: the draws are keyed per example).
             batches = range(first, len(rows), batch_size)
             # The bar counts this run's batches, so a resumed run's time per step and
             # ETA are its own (Progbar times from its creation).
             progbar = keras.utils.Progbar(len(batches), verbose=1 if verbose == 1 else 0,
                                           stateful_metrics=["robust_acc"])
-            fn = self._attack_fn(name, attack, model, x.shape[1:]) if len(rows) else None
+            fn = self._attack_fn(name, attack, counter, x.shape[1:]) if len(rows) else None
             for step, b in enumerate(batches):
                 sub = rows[b:b + batch_size]
                 adv, still, pred = (t.numpy() for t in fn(x[sub], y[sub], indices[sub]))
@@ -400,6 +428,7 @@ class AutoAttack:
                     "that attack)", verbose))
             by_attack[name] = float(robust.mean())
             seconds_by_attack[name] = round(attack_earlier + time.time() - attack_start, 2)
+            passes_by_attack[name] = attack_passes()
             _say(f"robust accuracy after {name}: {100 * by_attack[name]:.2f} % "
                  f"({len(rows)} points attacked, {seconds_by_attack[name]:.1f} s)", verbose)
             saved = None
@@ -422,6 +451,7 @@ class AutoAttack:
             "attack": self.get_config(),
             "seconds": round(earlier + time.time() - start, 2),
             "seconds_by_attack": seconds_by_attack,
+            "passes_by_attack": passes_by_attack,
             "warnings": warnings,
             "robust": robust,
             "clean_correct": clean_correct,
@@ -438,6 +468,17 @@ class AutoAttack:
         return result if return_examples else json_result(result)
 
     # ------------------------------------------------------------------
+
+    def _pass_counter(self, model, strategy=None):
+        """A :class:`PassCounter` of ``model`` (its variables in ``strategy``'s scope),
+        kept while the runs use the same model and strategy, so the attacks'
+        ``tf.function`` traces of it are kept too (its counts only grow: a run
+        takes differences)."""
+        strategy = strategy or tf.distribute.get_strategy()
+        if self._counter is None or self._counter[0] is not model or \
+                self._counter[1] is not strategy:
+            self._counter = (model, strategy, PassCounter(model, strategy))
+        return self._counter[2]
 
     def _logits_fn(self, model, shape):
         key = ("logits", id(model), tuple(shape))
