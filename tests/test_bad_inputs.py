@@ -162,6 +162,10 @@ CATALOGUE = [
       "use --attack=square (score-based, no gradients) or --transfer_from=MODEL"]),
     ("tflite_autoattack", "evaluate", ["--model={root}/student.tflite", "--attack=autoattack"],
      ["--attack=autoattack needs the model's gradients", "--transfer_from=MODEL"]),
+    ("tflite_strategy", "evaluate", ["--model={root}/student.tflite", "--attack=square",
+                                     "--strategy=mirrored", "--cpu_devices=2"],
+     ["error: --strategy=mirrored evaluates a Keras model or SavedModel itself; a TFLite "
+      "model or --transfer_from runs on one device: drop --strategy"]),
     ("quantize_without_tflite", "export", ["--quantize=int8"],
      ["--quantize=int8 applies only to --format=tflite, not --format=saved_model"]),
     ("calibration_examples_too_many", "export",

@@ -23,6 +23,7 @@ from gacd_tf.attacks.registry import AA_VERSIONS as VERSIONS
 from gacd_tf.attacks.registry import ATTACKS, AUTOATTACK, NORMS, ensemble_attack_names
 from gacd_tf.errors import ConfigError
 from gacd_tf.models.io import float32_copy
+from gacd_tf.training.distribute import run_on_replicas
 
 # Thresholds of the reference's checks (checks.py).
 _RANDOMIZED_PASSES = 5
@@ -261,7 +262,7 @@ class AutoAttack:
     # The evaluation.
 
     def run(self, model, x, y=None, batch_size=None, verbose=None, progress_file=None,
-            progress_every=60.0, indices=None):
+            progress_every=60.0, indices=None, strategy=None):
         """Evaluates ``model`` under the ensemble on every example given.
 
         Args:
@@ -286,6 +287,15 @@ class AutoAttack:
                 element is not used). Pass the global indices when a shard
                 of a larger set is evaluated, so each example draws what it
                 would draw in the whole set.
+            strategy: a ``tf.distribute.Strategy``: each batch of points is
+                split between its replicas (devices, and workers of a
+                multi-worker strategy) and the results gathered
+                (:func:`gacd_tf.training.run_on_replicas`), which gives the
+                same per-example answer as one device. Every worker runs
+                ``run`` with the same arguments; only the one whose
+                ``strategy.extended.should_checkpoint`` is true (the chief)
+                writes and removes ``progress_file``, every worker resumes
+                from it. None: one device.
 
         Returns:
             dict with ``natural_accuracy``, ``robust_accuracy`` (final),
@@ -322,13 +332,16 @@ class AutoAttack:
             gen.state.assign(self._initial_states[key])
 
         logits_fn = self._logits_fn(model, x.shape[1:])
-        counter = self._pass_counter(model)  # the attacks call the model through it
+        counter = self._pass_counter(model, strategy)  # the attacks call the model through it
         generators = self.seed_generators()
         # The probe batch does not depend on batch_size: a run may resume with another.
         key = progress.run_key(self.get_config(), model, x, y,
                                logits_fn(x[:_PROBE_EXAMPLES]).numpy(),
                                indices) if progress_file else None
         saved = progress.load(progress_file, key) if progress_file else None
+        # One worker (the chief) writes the progress file; all resume from it.
+        writes = bool(progress_file) and (strategy is None or strategy.extended.should_checkpoint)
+        workers = _Workers(strategy)
         if saved is None:
             predictions = np.concatenate([
                 np.argmax(logits_fn(x[i:i + batch_size]).numpy(), -1)
@@ -376,12 +389,17 @@ class AutoAttack:
             return {k: passes_earlier[k] + now[k] - passes_start[k] for k in now}
 
         def save_progress(name, rows, next_row, outside, seconds_so_far):
+            # Every worker reads the counters (a collective under several
+            # workers); the chief writes.
+            passes = {**passes_by_attack, name: attack_passes()}
+            if not writes:
+                return
             progress.save(progress_file, key, {
                 "robust": robust, "clean_correct": clean_correct, "x_adv": x_adv,
                 "predictions": predictions, "rows": rows, "natural": natural,
                 "warnings": warnings, "by_attack": by_attack,
                 "seconds_by_attack": {**seconds_by_attack, name: seconds_so_far},
-                "passes_by_attack": {**passes_by_attack, name: attack_passes()},
+                "passes_by_attack": passes,
                 "seconds": earlier + time.time() - start, "attack_name": name,
                 "next_row": next_row, "outside": outside,
                 "generators": {k: g.state.numpy().tolist() for k, g in generators.items()}})
@@ -407,7 +425,7 @@ class AutoAttack:
             fn = self._attack_fn(name, attack, counter, x.shape[1:]) if len(rows) else None
             for step, b in enumerate(batches):
                 sub = rows[b:b + batch_size]
-                adv, still, pred = (t.numpy() for t in fn(x[sub], y[sub], indices[sub]))
+                adv, still, pred = run_on_replicas(strategy, fn, x[sub], y[sub], indices[sub])
                 still = still.astype(bool)
                 inside = _within(adv, x[sub], self.eps, self.norm)
                 outside += int(np.sum(~still & ~inside))
@@ -416,8 +434,8 @@ class AutoAttack:
                 x_adv[sub[broken]] = adv[broken]
                 predictions[sub[broken]] = pred[broken]
                 progbar.update(step + 1, [("robust_acc", float(robust.mean()))])
-                if progress_file and step + 1 < len(batches) and \
-                        time.time() - last_save >= progress_every:
+                due = step + 1 < len(batches) and time.time() - last_save >= progress_every
+                if progress_file and workers.agree(due):
                     save_progress(name, rows, b + len(sub), outside,
                                   attack_earlier + time.time() - attack_start)
                     last_save = time.time()
@@ -442,7 +460,8 @@ class AutoAttack:
                 warnings.append(_warn(square, verbose))
         final = float(robust.mean())
         _say(f"robust accuracy: {100 * final:.2f} %", verbose)
-        progress.remove(progress_file)
+        if writes:
+            progress.remove(progress_file)
         return {
             "natural_accuracy": natural,
             "robust_accuracy": final,
@@ -461,10 +480,11 @@ class AutoAttack:
         }
 
     def run_ensemble(self, model, dataset, verbose=0, return_examples=False,
-                     progress_file=None):
+                     progress_file=None, strategy=None):
         """:meth:`run` on a dataset, as ``evaluate_robustness`` reports it (JSON-able
         unless ``return_examples``)."""
-        result = self.run(model, dataset, verbose=verbose, progress_file=progress_file)
+        result = self.run(model, dataset, verbose=verbose, progress_file=progress_file,
+                          strategy=strategy)
         return result if return_examples else json_result(result)
 
     # ------------------------------------------------------------------
@@ -543,6 +563,23 @@ class AutoAttack:
                 "cannot move them, so their robustness may be an artefact (gradient masking, "
                 "e.g. a non-differentiable input transform or saturated outputs)")
         return found
+
+
+class _Workers:
+    """The workers of a multi-worker strategy agreeing on a decision (the
+    collectives, e.g. reading the pass counters, must run on all of them)."""
+
+    def __init__(self, strategy):
+        self.strategy = strategy if isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy) else None
+
+    def agree(self, flag):
+        """True on every worker when ``flag`` is true on any (one small all-reduce)."""
+        if self.strategy is None:
+            return bool(flag)
+        value = self.strategy.experimental_distribute_values_from_function(
+            lambda context: tf.constant(float(flag)))
+        return float(self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)) > 0
 
 
 def json_result(result):

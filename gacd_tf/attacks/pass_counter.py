@@ -31,7 +31,12 @@ class PassCounter:
 
     Under a strategy, build the counter inside ``strategy.scope()`` (or
     pass ``strategy``): its variables are then sync-on-read, each replica
-    counts its own rows and :meth:`counts` returns their sum.
+    counts its own rows and :meth:`counts` returns their sum (over the
+    workers too, with a multi-worker strategy, where every worker must call
+    it: it is a collective there). The counts
+    are of the images the model saw: how the points were batched changes
+    them (an attack stops a batch early once every point in it is broken,
+    and a replica's share padded with copies of a row counts the copies).
 
     Args:
         model: callable ``model(x, training=False)``.

@@ -10,7 +10,7 @@ from gacd_tf.errors import DataError
 
 
 def autoattack_test_subset(model, attack, dataset, data_dir, examples, batch_size, classes=None,
-                           progress_file=None):
+                           progress_file=None, strategy=None):
     """Runs ``attack`` (an :class:`gacd_tf.attacks.AutoAttack`) on test examples.
 
     Args:
@@ -24,6 +24,8 @@ def autoattack_test_subset(model, attack, dataset, data_dir, examples, batch_siz
         classes: a transfer task's classes (relabelled 0..k-1), or None.
         progress_file: save the attack's progress there and resume from it
             (a killed run started again does not redo the finished batches).
+        strategy: a ``tf.distribute.Strategy`` whose replicas share each
+            batch (see :meth:`AutoAttack.run`); None: one device.
 
     Returns:
         a JSON-able dict: ``natural_accuracy``, ``robust_accuracy``,
@@ -42,7 +44,7 @@ def autoattack_test_subset(model, attack, dataset, data_dir, examples, batch_siz
             raise DataError(f"examples={examples}: {err}").on("examples") from None
         images, labels = images[keep], labels[keep]
     logging.info("AutoAttack on %d test examples", len(labels))
-    if progress_file:
+    if progress_file and (strategy is None or strategy.extended.should_checkpoint):
         os.makedirs(os.path.dirname(os.path.abspath(progress_file)), exist_ok=True)
     return json_result(attack.run(model, images, labels, batch_size=batch_size,
-                                  progress_file=progress_file))
+                                  progress_file=progress_file, strategy=strategy))

@@ -8,12 +8,14 @@ import tensorflow as tf
 
 from gacd_tf.attacks import as_outputs
 from gacd_tf.attacks.keyed_random import takes_indices
+from gacd_tf.errors import ConfigError
 from gacd_tf.methods.common import unpack_batch
 from gacd_tf.models.io import float32_copy
+from gacd_tf.training.distribute import run_on_replicas
 
 
 def evaluate_robustness(model, dataset, attack, verbose=1, return_examples=False,
-                        progress_file=None):
+                        progress_file=None, strategy=None):
     """Natural and robust accuracy of ``model`` on every example of ``dataset``.
 
     Robustness follows SPEC "Counting": each batch is attacked with
@@ -32,6 +34,12 @@ def evaluate_robustness(model, dataset, attack, verbose=1, return_examples=False
     whole dataset (:meth:`AutoAttack.run`: each attack on the points still
     robust); its result adds ``robust_accuracy_by_attack`` and ``warnings``.
 
+    Under a ``strategy`` of several replicas (devices, workers) each batch
+    is split between them (:func:`gacd_tf.training.run_on_replicas`) and the
+    per-example results gathered: the same answer, example by example, as
+    one device, since the attack's draws are keyed per example. Every worker
+    of a multi-worker strategy runs this with the same dataset.
+
     Args:
         model: callable mapping [0,1] images to logits (or ``(features, logits)``).
         dataset: ``tf.data.Dataset`` of ``(image, label[, index])`` batches.
@@ -42,6 +50,10 @@ def evaluate_robustness(model, dataset, attack, verbose=1, return_examples=False
             ``labels``, in dataset order.
         progress_file: AutoAttack only: save its progress in this ``.npz``
             file and resume from it (see :meth:`AutoAttack.run`).
+        strategy: a ``tf.distribute.Strategy`` to spread the batches over
+            (None: one device); the model should be built or loaded in its
+            scope. An attack whose ``perturb`` takes no ``indices`` (its
+            draws not keyed per example) is refused under several replicas.
 
     Returns:
         dict with ``natural_accuracy``, ``robust_accuracy`` (None without an
@@ -59,20 +71,27 @@ def evaluate_robustness(model, dataset, attack, verbose=1, return_examples=False
     model = float32_copy(model)
     if attack is not None and callable(getattr(attack, "run_ensemble", None)):
         return attack.run_ensemble(model, dataset, verbose=verbose,
-                                   return_examples=return_examples, progress_file=progress_file)
+                                   return_examples=return_examples, progress_file=progress_file,
+                                   strategy=strategy)
 
     def logits_of(x):
         return as_outputs(model(x, training=False))["logits"]
 
     keyed = attack is not None and takes_indices(attack)
+    replicas = 1 if strategy is None else strategy.num_replicas_in_sync
+    if replicas > 1 and attack is not None and not keyed:
+        raise ConfigError(f"evaluating on {replicas} replicas needs an attack whose random draws "
+                          f"are keyed per example (perturb(..., indices)); "
+                          f"{type(attack).__name__} is not, so its answer would depend on how "
+                          "the batches are split: evaluate it on one device")
 
     @tf.function(reduce_retracing=True)
-    def batch_counts(x, y, indices):
+    def per_example(x, y, indices):
+        """(x_adv, robust, clean correct) of each row."""
         y = tf.cast(y, tf.int64)
         correct = tf.equal(tf.argmax(logits_of(x), -1), y)
-        nat = tf.reduce_sum(tf.cast(correct, tf.int64))
         if attack is None:
-            return nat, tf.constant(0, tf.int64), x, correct, correct
+            return x, correct, correct
         if keyed:
             x_adv, robust = attack.perturb(model, x, y, indices=indices)
         elif callable(getattr(attack, "perturb", None)):
@@ -80,9 +99,7 @@ def evaluate_robustness(model, dataset, attack, verbose=1, return_examples=False
         else:
             x_adv = attack(model, x, y)
             robust = tf.equal(tf.argmax(logits_of(x_adv), -1), y)
-        robust = tf.logical_and(correct, robust)
-        adv = tf.reduce_sum(tf.cast(robust, tf.int64))
-        return nat, adv, x_adv, robust, correct
+        return tf.cast(x_adv, tf.float32), tf.logical_and(correct, robust), correct
 
     cardinality = int(dataset.cardinality())
     progbar = keras.utils.Progbar(cardinality if cardinality > 0 else None, verbose=verbose,
@@ -92,14 +109,15 @@ def evaluate_robustness(model, dataset, attack, verbose=1, return_examples=False
     start = time.time()
     for step, batch in enumerate(dataset):
         x, y, _ = unpack_batch(batch)
-        indices = tf.range(total, total + tf.shape(x)[0], dtype=tf.int64)
-        nat, adv, x_adv, robust_rows, correct_rows = batch_counts(x, y, indices)
+        x, y = np.asarray(x), np.asarray(y)
+        indices = np.arange(total, total + len(y), dtype=np.int64)
+        x_adv, robust_rows, correct_rows = run_on_replicas(strategy, per_example, x, y, indices)
         if return_examples:
             for key, value in zip(examples, (x_adv, robust_rows, correct_rows, y)):
-                examples[key].append(np.asarray(value))
-        total += int(x.shape[0])
-        natural += int(nat)
-        robust += int(adv)
+                examples[key].append(value)
+        total += len(y)
+        natural += int(correct_rows.sum())
+        robust += int(robust_rows.sum())
         metrics = [("nat_acc", natural / total)]
         if attack is not None:
             metrics.append(("adv_acc", robust / total))
@@ -110,7 +128,9 @@ def evaluate_robustness(model, dataset, attack, verbose=1, return_examples=False
         "natural_accuracy": natural / total,
         "robust_accuracy": robust / total if attack is not None else None,
         "num_examples": total,
-        "attack": attack.get_config() if attack is not None else None,
+        "attack": (None if attack is None else attack.get_config()
+                   if hasattr(attack, "get_config")
+                   else {"attack": getattr(attack, "__name__", type(attack).__name__)}),
         "seconds": round(time.time() - start, 2),
     }
     if return_examples:

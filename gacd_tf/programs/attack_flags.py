@@ -191,7 +191,7 @@ def define_final_autoattack_flags():
 
 
 def final_autoattack(model, dataset_name, data_dir, batch_size, classes=None, verbose=None,
-                     progress_file=None):
+                     progress_file=None, strategy=None):
     """AutoAttack (``--aa_version``, or the ``--aa_attacks`` list) of ``model`` on
     ``--final_autoattack_examples`` test examples.
 
@@ -204,7 +204,11 @@ def final_autoattack(model, dataset_name, data_dir, batch_size, classes=None, ve
         verbose: 0 silent, 1 progress bars and lines, 2 one line per attack
             (default: 1 under --verbose=1, else 2).
         progress_file: save the attack's progress there and resume from it
-            (a killed run started again does not redo the finished batches).
+            (a killed run started again does not redo the finished batches);
+            under --strategy=multi_worker a path in a worker's stand-in folder
+            means the chief's (every worker resumes from the chief's file).
+        strategy: the program's ``tf.distribute`` strategy: the batches are
+            split between its replicas (None: one device).
 
     Returns:
         None when the flag is 0 (or absent); else a JSON-able dict with
@@ -221,9 +225,10 @@ def final_autoattack(model, dataset_name, data_dir, batch_size, classes=None, ve
     # here (as it always has), not with --attack_steps / --step_size / --restarts.
     attack = attack_from_flags(AUTOATTACK, verbose=verbose, attack_settings=None)
     with arguments_as_flags(examples="final_autoattack_examples"):
-        result = autoattack_test_subset(model, attack, dataset_name, data_dir,
-                                        FLAGS.final_autoattack_examples, batch_size,
-                                        classes=classes, progress_file=progress_file)
+        result = autoattack_test_subset(
+            model, attack, dataset_name, data_dir, FLAGS.final_autoattack_examples, batch_size,
+            classes=classes, strategy=strategy,
+            progress_file=devices.chief_dir(progress_file) if progress_file else None)
     if chief:
         print(f"autoattack: natural_accuracy={result['natural_accuracy']:.4f} "
               f"robust_accuracy={result['robust_accuracy']:.4f} ({result['num_examples']} "

@@ -21,12 +21,17 @@ from gacd_tf.training import STRATEGIES, is_chief_from_tf_config, make_strategy
 
 
 def define_distribute_flags():
+    define_strategy_flags()
+    define_precision_flags()
+
+
+def define_strategy_flags():
+    """``--strategy`` and ``--cpu_devices``."""
     DEFINE_enum("strategy", "default", list(STRATEGIES),
                 "tf.distribute strategy: one device, all local GPUs (or --cpu_devices "
                 "logical CPUs) mirrored, or several workers (TF_CONFIG).")
     DEFINE_integer("cpu_devices", None, "Split the CPU into this many logical devices "
                    "(runs --strategy=mirrored without GPUs, e.g. in tests).", lower_bound=1)
-    define_precision_flags()
 
 
 def define_precision_flags():
@@ -56,13 +61,17 @@ def setup_precision():
         keras.mixed_precision.set_global_policy(PRECISION_POLICIES[FLAGS.mixed_precision])
 
 
-def strategy_from_flags():
-    """The strategy of ``--strategy``; call before any TensorFlow op."""
+def strategy_from_flags(divisible_batch=True):
+    """The strategy of ``--strategy``; call before any TensorFlow op.
+
+    ``divisible_batch``: refuse a ``--batch_size`` that the replicas do not
+    divide (training; the evaluation pads a batch's last share instead).
+    """
     # --strategy=multi_worker: TF_CONFIG names the cluster; fit_phase trains with
     # the library's multi-worker loop (Keras 3's fit cannot run there).
     strategy = make_strategy(FLAGS.strategy, FLAGS.cpu_devices)  # cpu_devices: its flag's name
     replicas = strategy.num_replicas_in_sync
-    if FLAGS.batch_size % replicas:
+    if divisible_batch and FLAGS.batch_size % replicas:
         raise ConfigError(
             f"--batch_size={FLAGS.batch_size} is not divisible by the {replicas} replicas of "
             f"--strategy={FLAGS.strategy}; use a multiple of {replicas}")
@@ -114,9 +123,15 @@ def this_worker_dir(model_dir):
     """
     if is_chief():
         return model_dir
-    logging.set_verbosity(logging.WARNING)  # progress and logs come from the chief
-    keras.utils.disable_interactive_logging()
+    quiet_worker()
     return worker_output_dir(model_dir)
+
+
+def quiet_worker():
+    """A non-chief worker's logs drop to warnings and Keras' progress output stops
+    (progress and logs come from the chief)."""
+    logging.set_verbosity(logging.WARNING)
+    keras.utils.disable_interactive_logging()
 
 
 def chief_dir(model_dir):

@@ -134,10 +134,12 @@ def main(argv):
             save_model_atomic(student, os.path.join(model_dir, "distilled.keras"))
             logging.info("evaluating the distilled student before AFT")
             result["before_aft"] = evaluate_robustness(
-                student, test_ds, attack_flags.attack_from_flags(), verbose=FLAGS.verbose)
+                student, test_ds, attack_flags.attack_from_flags(), verbose=FLAGS.verbose,
+                strategy=strategy)
             autoattack = attack_flags.final_autoattack(
                 student, info.name, FLAGS.data_dir, FLAGS.batch_size,
-                progress_file=os.path.join(os.path.dirname(before_path), "autoattack_before.npz"))
+                progress_file=os.path.join(os.path.dirname(before_path), "autoattack_before.npz"),
+                strategy=strategy)
             if autoattack:
                 result["before_aft"]["autoattack"] = autoattack
             os.makedirs(os.path.dirname(before_path), exist_ok=True)
@@ -156,10 +158,11 @@ def main(argv):
     # A fresh attack (same seed) per evaluation: a run resumed after the
     # before-AFT evaluation reports exactly what an uninterrupted one does.
     result.update(evaluate_robustness(student, test_ds, attack_flags.attack_from_flags(),
-                                      verbose=FLAGS.verbose))
+                                      verbose=FLAGS.verbose, strategy=strategy))
     autoattack = attack_flags.final_autoattack(
         student, info.name, FLAGS.data_dir, FLAGS.batch_size,
-        progress_file=os.path.join(common.checkpoint_dir(model_dir, "final"), "autoattack.npz"))
+        progress_file=os.path.join(common.checkpoint_dir(model_dir, "final"), "autoattack.npz"),
+        strategy=strategy)
     if autoattack:
         result["autoattack"] = autoattack
     result.update(method=FLAGS.method, settings=settings, arch=FLAGS.arch,

@@ -8,6 +8,16 @@ Example:
         --test_examples=1000 --output=aa.json --save_adversarial=aa.npz
     gacd-evaluate --model=teacher.keras --attack=autoattack --robustbench_json=entry.json
 
+--strategy=mirrored (all local GPUs, or --cpu_devices logical CPUs) or
+--strategy=multi_worker (the workers TF_CONFIG names, each started with the
+same command) splits every batch between the replicas and gathers the
+per-example results: the same answer, example by example, as one device
+(the attacks' draws are keyed per example). Only the chief writes --output,
+--save_adversarial, --robustbench_json and the progress file; every worker
+resumes from the progress file:
+    TF_CONFIG=... gacd-evaluate --model=teacher.keras --attack=autoattack \
+        --strategy=multi_worker --output=aa.json
+
 With --attack=autoattack it prints one line per attack ("robust accuracy after
 apgd-t: 21.50 %") and the reference's sanity warnings; the --output JSON adds
 robust_accuracy_by_attack (attack -> robust accuracy after it, in run order)
@@ -37,7 +47,7 @@ from gacd_tf.evaluation import (evaluate_robustness, evaluate_transfer,  # noqa:
                                  robustbench_entry)
 from gacd_tf.models import model_names  # noqa: E402
 from gacd_tf.models.io import check_model_fits  # noqa: E402
-from gacd_tf.programs import attack_flags, common, data_flags, flag_core  # noqa: E402
+from gacd_tf.programs import attack_flags, common, data_flags, devices, flag_core  # noqa: E402
 from gacd_tf.programs.flag_core import FLAGS  # noqa: E402
 from gacd_tf.serving import load_tflite, tflite_file  # noqa: E402
 
@@ -62,6 +72,7 @@ def define_flags():
     flag_core.DEFINE_integer("square_queries", 5000, "--attack=square: queries per image "
                              "(5000, as in AutoAttack).", lower_bound=1)
     common.define_load_flags()
+    devices.define_strategy_flags()
     flag_core.DEFINE_string("output", None, "Write the results to this JSON file.")
     flag_core.DEFINE_string("robustbench_json", None, "--attack=autoattack: also write the "
                             "result as a RobustBench model-info entry to this JSON file "
@@ -83,8 +94,16 @@ def define_flags():
 def main(argv):
     del argv
 
-    common.setup_runtime(FLAGS.seed)
     is_tflite = tflite_file(FLAGS.model) is not None
+    if FLAGS.strategy != "default" and (is_tflite or FLAGS.transfer_from):
+        raise ConfigError(f"--strategy={FLAGS.strategy} evaluates a Keras model or SavedModel "
+                          "itself; a TFLite model or --transfer_from runs on one device: drop "
+                          "--strategy")
+    strategy = devices.strategy_from_flags(divisible_batch=False)
+    common.setup_runtime(FLAGS.seed)
+    chief = devices.is_chief()
+    if not chief:  # the chief prints and writes the results
+        devices.quiet_worker()
     attack_given = FLAGS["attack"].present > 0 or bool(FLAGS.transfer_from)
     if is_tflite and attack_given and not FLAGS.transfer_from and needs_gradients(FLAGS.attack):
         raise ConfigError(
@@ -100,7 +119,8 @@ def main(argv):
     if is_tflite:
         model = load_tflite(FLAGS.model, num_threads=FLAGS.num_threads)
     else:
-        model = common.load_model_from_flags(FLAGS.model, "--model", saved_model=True)
+        with strategy.scope():
+            model = common.load_model_from_flags(FLAGS.model, "--model", saved_model=True)
     source = None
     if FLAGS.transfer_from:
         source = common.load_model_from_flags(FLAGS.transfer_from, "--transfer_from",
@@ -120,6 +140,7 @@ def main(argv):
             where_taken={"n_queries": FLAGS.square_queries})
     # AutoAttack prints its per-attack lines even without progress bars.
     verbose = FLAGS.verbose or (2 if FLAGS.attack == AUTOATTACK else 0)
+    verbose = verbose if chief else 0
     progress_file = FLAGS.progress_file or (f"{FLAGS.output}.progress.npz" if FLAGS.output
                                             else None)
     dataset = make_dataset(test, FLAGS.batch_size, training=False)
@@ -131,7 +152,9 @@ def main(argv):
     else:
         result = evaluate_robustness(model, dataset, attack, verbose=verbose,
                                      return_examples=bool(FLAGS.save_adversarial),
-                                     progress_file=progress_file)
+                                     progress_file=progress_file, strategy=strategy)
+    if not chief:
+        return
     if FLAGS.save_adversarial and attack is not None:
         attack_flags.save_adversarial(FLAGS.save_adversarial, result)
     result = {k: v for k, v in result.items() if k not in attack_flags.EXAMPLE_ARRAYS}

@@ -73,13 +73,14 @@ def main(argv):
 
     logging.info("evaluating %s on %d test examples", model_path, len(data.test.labels))
     result = evaluate_robustness(model, data.test_ds, attack_flags.attack_from_flags(),
-                                 verbose=FLAGS.verbose)
+                                 verbose=FLAGS.verbose, strategy=strategy)
     result.update(dataset=data.info.name, split="test", arch=FLAGS.arch, model="model.keras",
                   train_seconds=resume["train_seconds"], resumed_from=resume["resumed_from"],
                   train_attack=attack.get_config(), trades_beta=FLAGS.trades_beta)
     autoattack = attack_flags.final_autoattack(
         model, data.info.name, FLAGS.data_dir, FLAGS.batch_size,
-        progress_file=os.path.join(common.checkpoint_dir(model_dir, "train"), "autoattack.npz"))
+        progress_file=os.path.join(common.checkpoint_dir(model_dir, "train"), "autoattack.npz"),
+        strategy=strategy)
     if autoattack:
         result["autoattack"] = autoattack
     common.write_json(metrics_path, result)

@@ -21,6 +21,7 @@ from gacd_tf.training.distribute import (
     local_rows,
     make_strategy,
     num_replicas,
+    run_on_replicas,
 )
 from gacd_tf.training.epoch_end_logs import EpochEndLogs
 from gacd_tf.training.fit_multi_worker_resumable import fit_multi_worker_resumable

@@ -8,6 +8,7 @@ update, the NCE normaliser Z, negative sampling, random draws), so N
 replicas with global batch B take the same step as one device with batch B.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from gacd_tf.errors import ConfigError
@@ -93,3 +94,59 @@ def local_rows(global_tensor, local_size):
     sizes = context.all_gather(tf.reshape(local_size, [1]), axis=0)
     offset = tf.reduce_sum(sizes[: context.replica_id_in_sync_group])
     return global_tensor[offset: offset + local_size]
+
+
+def run_on_replicas(strategy, fn, *arrays):
+    """``fn`` on every replica's share of a global batch; the outputs in batch order.
+
+    The evaluation's way of spreading a batch over the devices (and workers)
+    of ``strategy``: the rows of ``arrays`` (NumPy, the same first dimension
+    N) are split into one contiguous share per replica, each of ``ceil(N /
+    replicas)`` rows (the last shares padded with copies of the last row),
+    ``fn`` runs on each share under ``strategy.run``, and its outputs are
+    gathered from every replica (and worker) and cut back to N rows. The
+    answer equals one call on the whole batch as long as each output row
+    depends on its own input rows only (the evaluation's attacks key their
+    random draws per example, so they do). Every worker of a multi-worker
+    strategy must call it with the same arrays.
+
+    Args:
+        strategy: a ``tf.distribute.Strategy`` (None: one device).
+        fn: ``fn(*tensors) -> tensor or tuple of tensors``, each ``[rows, ...]``.
+        *arrays: NumPy arrays ``[N, ...]``, N >= 1.
+
+    Returns:
+        a tuple of NumPy arrays ``[N, ...]``, one per output of ``fn``.
+    """
+    n = len(arrays[0])
+    replicas = 1 if strategy is None else strategy.num_replicas_in_sync
+    if replicas == 1:
+        outputs = fn(*(tf.convert_to_tensor(a) for a in arrays))
+        return tuple(np.asarray(t) for t in tf.nest.flatten(outputs))
+    share = -(-n // replicas)
+    padding = share * replicas - n
+    padded = [np.concatenate([a, np.repeat(a[-1:], padding, axis=0)]) if padding else a
+              for a in arrays]
+
+    def distribute(array):
+        return strategy.experimental_distribute_values_from_function(
+            lambda context: tf.convert_to_tensor(
+                array[context.replica_id_in_sync_group * share:
+                      (context.replica_id_in_sync_group + 1) * share]))
+
+    dtypes = []
+
+    def replica_fn(*tensors):
+        outputs = [tf.convert_to_tensor(t) for t in tf.nest.flatten(fn(*tensors))]
+        dtypes[:] = [t.dtype for t in outputs]
+        # Collective all-gather (several workers) takes no bool, int8 or uint8.
+        return tuple(tf.cast(t, tf.int32) if t.dtype in _NOT_GATHERED else t for t in outputs)
+
+    # A plain function around fn: strategy.run would hand a tf.function with an
+    # input signature the per-replica values themselves.
+    outputs = strategy.run(replica_fn, args=tuple(distribute(a) for a in padded))
+    return tuple(np.asarray(strategy.gather(t, axis=0))[:n].astype(dtype.as_numpy_dtype)
+                 for t, dtype in zip(tf.nest.flatten(outputs), dtypes))
+
+
+_NOT_GATHERED = (tf.bool, tf.int8, tf.uint8, tf.int16, tf.uint16)
