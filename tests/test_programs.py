@@ -37,6 +37,20 @@ def test_train_teacher_writes_model_metrics_and_flags(teacher_run):
     assert "natural_accuracy=" in result.stdout
 
 
+def test_train_teacher_passes_the_trades_start_and_the_attack_mode_to_the_trainer(
+        teacher_run, tiny_cifar10, tmp_path):
+    metrics = json.loads((teacher_run[0] / "metrics.json").read_text())
+    assert metrics["trades_start"] is None and metrics["attack_training_mode"] is False
+    result = run_program(
+        "train_teacher", f"--data_dir={tiny_cifar10}", "--arch=resnet8", "--epochs=1",
+        "--batch_size=20", "--train_attack_steps=1", "--attack_steps=1", "--val_examples=0",
+        "--test_examples=10", "--trades_beta=6", "--trades_start=attack",
+        "--attack_training_mode", f"--model_dir={tmp_path}", "--verbose=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())  # the trainer's own values
+    assert metrics["trades_start"] == "attack" and metrics["attack_training_mode"] is True
+
+
 def test_evaluate_reads_the_teacher_and_writes_json(teacher_run, tiny_cifar10, tmp_path):
     model_dir, _ = teacher_run
     out = tmp_path / "sub" / "eval.json"

@@ -164,7 +164,10 @@ RESUME_MAY_CHANGE = ("verbose", "checkpoint_every_steps", "data_dir", "unsafe_lo
 
 # Flags added after runs were started, with the value those runs ran with: a flags.json
 # without them resumes only under that value.
-RESUME_ADDED_FLAGS = {"sgd_form": "keras", "nce_normaliser": "crd"}
+# (trades_start: the default since the TRADES start became the official one; a TRADES run
+# started before that resumes with --trades_start=attack.)
+RESUME_ADDED_FLAGS = {"sgd_form": "keras", "nce_normaliser": "crd", "trades_start": "gaussian",
+                      "attack_training_mode": False}
 
 
 def checkpoint_dir(model_dir, phase):

@@ -22,6 +22,7 @@ from absl import flags, logging  # noqa: E402
 from gacd_tf.attacks import PGD  # noqa: E402
 from gacd_tf.evaluation import evaluate_robustness  # noqa: E402
 from gacd_tf.methods import AdversarialTrainer  # noqa: E402
+from gacd_tf.methods.adversarial import TRADES_STARTS  # noqa: E402
 from gacd_tf.programs import attack_flags, common, data_flags, devices, flag_core  # noqa: E402
 from gacd_tf.programs.flag_core import FLAGS  # noqa: E402
 
@@ -41,6 +42,14 @@ def define_flags():
                            "(default: --step_size).", lower_bound=0.0)
     flag_core.DEFINE_float("trades_beta", None, "TRADES beta; unset trains Madry PGD-AT.",
                            lower_bound=0.0)
+    flag_core.DEFINE_enum("trades_start", "gaussian", list(TRADES_STARTS),
+                          "TRADES' attack start: gaussian (the official code's x + 0.001 "
+                          "N(0, 1), unclipped, and its passes x, x_adv, x) or attack (the "
+                          "training attack's own start, as before this flag).")
+    flag_core.DEFINE_bool("attack_training_mode", False, "Make the training attack with the "
+                          "network in training mode (batch norm on the batch's statistics, "
+                          "its running averages moving at every attack step), as Madry et "
+                          "al.'s TensorFlow code does; default: inference mode.")
     data_flags.define_validation_flags(500, "attacked after each epoch to pick best.keras")
     flag_core.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
     flag_core.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
@@ -64,7 +73,9 @@ def main(argv):
         attack = PGD(eps=FLAGS.eps, step_size=FLAGS.train_step_size or FLAGS.step_size,
                      steps=FLAGS.train_attack_steps, norm=FLAGS.norm, seed=FLAGS.seed)
         trainer = AdversarialTrainer(model, attack=attack, trades_beta=FLAGS.trades_beta,
-                                     weight_decay=FLAGS.weight_decay)
+                                     weight_decay=FLAGS.weight_decay,
+                                     trades_start=FLAGS.trades_start,
+                                     attack_training_mode=FLAGS.attack_training_mode)
         trainer.compile(optimizer=common.optimizer_from_flags(data.steps_per_epoch))
 
     model_path = os.path.join(model_dir, "model.keras")
@@ -76,7 +87,9 @@ def main(argv):
                                  verbose=FLAGS.verbose, strategy=strategy)
     result.update(dataset=data.info.name, split="test", arch=FLAGS.arch, model="model.keras",
                   train_seconds=resume["train_seconds"], resumed_from=resume["resumed_from"],
-                  train_attack=attack.get_config(), trades_beta=FLAGS.trades_beta)
+                  train_attack=attack.get_config(), trades_beta=FLAGS.trades_beta,
+                  trades_start=trainer.trades_start if FLAGS.trades_beta is not None else None,
+                  attack_training_mode=trainer.attack_training_mode)
     autoattack = attack_flags.final_autoattack(
         model, data.info.name, FLAGS.data_dir, FLAGS.batch_size,
         progress_file=os.path.join(common.checkpoint_dir(model_dir, "train"), "autoattack.npz"),
