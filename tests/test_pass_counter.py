@@ -1,8 +1,11 @@
 """PassCounter counts the images an attack forwards and back-propagates, and
 AutoAttack.run reports them per attack (``passes_by_attack``), across a resume.
 
-The expected counts are derived from the attacks' code (apgd.py, square.py)
-for points no attack can break (a tiny eps), so every loop runs to its end."""
+The expected counts are derived from the attacks' code (apgd.py, fab.py,
+square.py): for points no attack can break (a tiny eps), every loop runs to
+its end; for points that break, each is charged only for the runs and
+iterations (queries) it was still robust in (the attacks gather the rows
+still robust, rows.py), so a batch costs the sum of its points."""
 
 import json
 
@@ -11,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gacd_tf.attacks import APGD, AutoAttack, Square
+from gacd_tf.attacks import APGD, AutoAttack, APGDTargeted, FABTargeted, Square
 from gacd_tf.attacks import autoattack_progress
 from gacd_tf.attacks.autoattack import json_result
 from gacd_tf.attacks.pass_counter import PassCounter
@@ -151,6 +154,129 @@ def test_apgd_ce_passes_are_the_algorithms(n_restarts):
     assert counter.counts() == {"forward": batch * (1 + runs), "backward": batch * runs}
 
 
+SPREAD_EPS = 0.05
+
+
+def spread_model(x, training=False):
+    """A 4-class model whose breaks are known: a dark image (mean < 0.3) is class 1
+    whatever the perturbation within ``SPREAD_EPS`` (never broken); a flat bright
+    image is class 0 and becomes class 2 as soon as its pixels spread by
+    ``SPREAD_EPS / 4``: at APGD's random start and at Square's stripes (each
+    moves every pixel, one by the whole eps), so it breaks at its first iterate."""
+    flat = tf.reshape(x, [tf.shape(x)[0], -1])
+    mean = tf.reduce_mean(flat, 1)
+    spread = tf.reduce_max(flat, 1) - tf.reduce_min(flat, 1)
+    zero = tf.zeros_like(mean)
+    return tf.stack([1.0 - 4.0 * spread / SPREAD_EPS, 20.0 * (0.3 - mean), zero, zero - 5.0], 1)
+
+
+def flat_images(bright, dark):
+    """``bright`` flat images of 0.7 (class 0) then ``dark`` of 0.1 (class 1), 6x6x3."""
+    x = np.concatenate([np.full((bright, 6, 6, 3), 0.7), np.full((dark, 6, 6, 3), 0.1)])
+    return x.astype("float32"), np.array([0] * bright + [1] * dark, "int64")
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_apgd_charges_a_broken_point_only_until_it_breaks(targeted):
+    """B points, Pb broken at the random start of the first run, Pd never: one
+    clean forward pass for all; a broken point leaves at its start (one
+    forward-backward pass), a robust one runs every run to its end: forward
+    ``B + Pb + Pd R (N + 1)``, backward ``Pb + Pd R (N + 1)``, R runs (restarts,
+    times targets for APGD-T). (Before the attacks gathered the robust rows, the
+    broken points ran every iteration of the first run with the others.)"""
+    bright, dark, n_iter, restarts, targets = 3, 2, 4, 2, 3
+    x, y = flat_images(bright, dark)
+    counter = PassCounter(spread_model)
+    if targeted:
+        attack = APGDTargeted(eps=SPREAD_EPS, n_iter=n_iter, n_restarts=restarts,
+                              n_target_classes=targets, seed=0)
+        runs = restarts * targets
+    else:
+        attack = APGD(eps=SPREAD_EPS, n_iter=n_iter, n_restarts=restarts, seed=0)
+        runs = restarts
+    _, robust = attack.perturb(counter, x, y)
+    np.testing.assert_array_equal(robust.numpy(), [False] * bright + [True] * dark)
+    iterates = bright + dark * runs * (n_iter + 1)
+    assert counter.counts() == {"forward": bright + dark + iterates, "backward": iterates}
+
+
+def test_square_charges_a_broken_point_only_until_it_breaks():
+    """Pb points broken at the stripes, Pd never, R restarts of Q queries: forward
+    ``B`` (clean) ``+ Pb`` (their stripes) ``+ Pd R (Q + 1)``."""
+    bright, dark, queries, restarts = 3, 2, 5, 2
+    x, y = flat_images(bright, dark)
+    counter = PassCounter(spread_model)
+    _, robust = Square(eps=SPREAD_EPS, n_queries=queries, n_restarts=restarts,
+                       seed=0).perturb(counter, x, y)
+    np.testing.assert_array_equal(robust.numpy(), [False] * bright + [True] * dark)
+    assert counter.counts() == {
+        "forward": bright + dark + bright + dark * restarts * (queries + 1), "backward": 0}
+
+
+def test_each_square_query_goes_to_the_points_still_robust():
+    """Without the schedule's rescaling the first q queries of a run of Q > q are
+    a run of q queries, so query q (0-based) costs exactly the points still
+    robust after q queries: ``forward(q + 1) - forward(q) = robust(q)``."""
+    model = tiny_cnn(seed=2)
+    x = images(12, seed=3)
+    y = own_labels(model, x)
+    forward, robust = {}, {}
+    for queries in range(1, 10):
+        counter = PassCounter(model)
+        _, still = Square(eps=0.25, n_queries=queries, seed=0,
+                          rescale_schedule=False).perturb(counter, x, y)
+        forward[queries], robust[queries] = counter.counts()["forward"], int(np.sum(still))
+    assert len(set(robust.values())) > 2, "the test needs points broken at different queries"
+    assert robust[9] > 0, "the test needs points left robust"
+    for q in range(1, 9):
+        assert forward[q + 1] - forward[q] == robust[q], q
+
+
+def test_fab_t_runs_each_target_on_the_points_still_robust():
+    """FAB-T on B points: one clean forward pass; each target run gathers the points
+    still robust, each making N forward-backward passes (the boundary), N forward
+    passes (is the iterate misclassified?) and one more (the run's point):
+    forward ``B + (2N + 1) sum_t robust_t``, backward ``N sum_t robust_t``, where
+    ``robust_t`` counts the points robust before target t (the runs with fewer
+    targets are the first runs of this one)."""
+    model = tiny_cnn(seed=2)
+    x = images(12, seed=3)
+    y = own_labels(model, x)
+    n_iter, targets, eps = 3, 3, 0.05
+    before = [len(y)]  # robust before the first target: every point (clean-correct)
+    for t in range(1, targets):
+        _, still = FABTargeted(eps=eps, n_iter=n_iter, n_target_classes=t,
+                               seed=0).perturb(model, x, y)
+        before.append(int(np.sum(still)))
+    assert len(set(before)) == targets, "the test needs points broken at each target"
+    counter = PassCounter(model)
+    FABTargeted(eps=eps, n_iter=n_iter, n_target_classes=targets, seed=0).perturb(counter, x, y)
+    assert counter.counts() == {"forward": len(y) + (2 * n_iter + 1) * sum(before),
+                                "backward": n_iter * sum(before)}
+
+
+@pytest.mark.parametrize("name", ["apgd-ce", "apgd-t", "fab-t", "square"])
+def test_a_batch_costs_the_sum_of_its_points_attacked_alone(name):
+    """Each point is charged for its own runs and iterations only, so the counts
+    of a batch whose points break at different times are the sum of the counts
+    of its points attacked one by one (with their indices, the same draws)."""
+    model = tiny_cnn(seed=2)
+    x = images(10, seed=3)
+    y = own_labels(model, x)
+    settings = {"apgd-ce": (APGD, {"n_iter": 6, "n_restarts": 2, "eps": 0.03}),
+                "apgd-t": (APGDTargeted, {"n_iter": 6, "n_target_classes": 3, "eps": 0.03}),
+                "fab-t": (FABTargeted, {"n_iter": 3, "n_target_classes": 3, "eps": 0.05}),
+                "square": (Square, {"n_queries": 12, "eps": 0.25})}
+    cls, kwargs = settings[name]
+    counter = PassCounter(model)
+    _, robust = cls(seed=0, **kwargs).perturb(counter, x, y)
+    assert 0 < int(np.sum(robust)) < len(y), "the test needs points broken and points left"
+    alone = PassCounter(model)
+    for i in range(len(y)):
+        cls(seed=0, **kwargs).perturb(alone, x[i:i + 1], y[i:i + 1], indices=[i])
+    assert counter.counts() == alone.counts()
+
+
 def test_square_makes_forward_passes_only():
     """Square.perturb on B points: one clean forward pass, one at the stripes'
     start and one per query: ``B (n_queries + 2)`` forward, 0 backward."""
@@ -193,6 +319,27 @@ def test_run_records_each_attacks_passes():
     assert saved["passes_by_attack"] == result["passes_by_attack"]
     again = ensemble().run(model, x, y, batch_size=9)  # any batch size: the same counts
     assert again["passes_by_attack"] == result["passes_by_attack"]
+
+
+def test_run_counts_do_not_depend_on_the_batch_size_when_points_break():
+    """Each point is charged for the runs and iterations it was still robust in,
+    whatever the other points of its batch do: the same counts for any batch size."""
+    model = tiny_cnn(seed=5)
+    x = images(12, seed=6)
+    y = own_labels(model, x)
+    settings = {"apgd-ce": {"n_iter": 4}, "apgd-t": {"n_iter": 4, "n_target_classes": 3},
+                "fab-t": {"n_iter": 3, "n_target_classes": 3}, "square": {"n_queries": 20}}
+
+    def run(batch_size):
+        return AutoAttack(attack_settings=settings, eps=8 / 255, verbose=0, seed=3,
+                          checks=False).run(model, x, y, batch_size=batch_size)
+
+    want = run(12)
+    accuracy = list(want["robust_accuracy_by_attack"].values())
+    assert accuracy[0] < want["natural_accuracy"] and accuracy[-1] > 0, \
+        "the test needs points broken and points left"
+    for batch_size in (1, 5):
+        assert run(batch_size)["passes_by_attack"] == want["passes_by_attack"], batch_size
 
 
 class Interrupted(Exception):

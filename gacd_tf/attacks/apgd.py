@@ -17,7 +17,7 @@ import math
 
 import tensorflow as tf
 
-from gacd_tf.attacks import keyed_random
+from gacd_tf.attacks import keyed_random, rows
 from gacd_tf.attacks.arguments import (
     check_eps,
     check_whole,
@@ -121,9 +121,12 @@ class APGD:
     is robust only if its clean image and every iterate are classified
     correctly, and a broken point's ``x_adv`` is its first misclassified
     iterate (the clean image when that is misclassified). A robust point's
-    ``x_adv`` is its highest-loss iterate over all runs. Points already
-    broken keep running (fixed shapes) but nothing they do is recorded; the
-    loops stop once every point is broken. Runs eagerly and inside
+    ``x_adv`` is its highest-loss iterate over all runs. Only the points
+    still robust are attacked, as in the reference: each run starts on the
+    points no earlier run broke, and a point leaves its run at its first
+    misclassified iterate (:mod:`~gacd_tf.attacks.rows`), so no pass is spent
+    on a broken point and a point's result does not depend on its batch.
+    Runs eagerly and inside
     ``tf.function`` (``tf.while_loop`` over runs and iterations: one trace of
     the model's forward and backward pass per EOT pass).
 
@@ -268,9 +271,19 @@ class APGD:
             grad = grad / float(self.eot_iter)
         return loss, grad, logits
 
-    def _single_run(self, model, x, labels, targets, found, first, indices, run):
-        """One APGD run (number ``run``) on the batch; returns ``(found, first, x_best, loss_best)``."""
-        rows = tf.concat([tf.shape(x)[:1], tf.ones([x.shape.rank - 1], tf.int32)], 0)
+    def _single_run(self, model, x, labels, targets, indices, run):
+        """One APGD run (number ``run``) on rows none of which is broken yet.
+
+        A row leaves the run's working state at its first misclassified
+        iterate (its later iterates would change nothing), so each pass
+        goes to the rows still robust only.
+
+        Returns:
+            ``(found, first, x_best, loss_best)`` for every row given:
+            whether the run broke it, its first misclassified iterate (the
+            clean image if none), and for the rows it did not break the
+            highest-loss iterate and its loss (``-inf`` for the others).
+        """
         checkpoints = apgd_checkpoints(self.n_iter)
         is_check = [False] * self.n_iter
         window = [0] * self.n_iter
@@ -282,39 +295,49 @@ class APGD:
         is_check = tf.constant(is_check)
         window = tf.constant(window, tf.int32)
 
-        def record(x_adv, logits, found, first):
-            miss = tf.not_equal(tf.argmax(logits, -1, output_type=tf.int64), labels)
-            new = tf.logical_and(miss, tf.logical_not(found))
-            return tf.logical_or(found, miss), tf.where(tf.reshape(new, rows), x_adv, first)
+        def shape_rows(t, like):
+            return tf.reshape(t, tf.concat([tf.shape(like)[:1],
+                                            tf.ones([like.shape.rank - 1], tf.int32)], 0))
+
+        def miss_of(logits, labels):
+            return tf.not_equal(tf.argmax(logits, -1, output_type=tf.int64), labels)
 
         x_adv = self.start(x, indices, run)
         loss, grad, logits = self._loss_and_gradient(model, x_adv, labels, targets)
-        found, first = record(x_adv, logits, found, first)
+        miss = miss_of(logits, labels)
+        # The run's results, one row per row given; the working state holds
+        # the rows not broken yet, ``pos`` their places among the rows given.
+        found = miss
+        first = tf.where(shape_rows(miss, x), x_adv, x)
         # The reference compares the first step's loss with a zero-initialised
         # slot (its loss history indexed at -1), or, with one iteration, with itself.
         prev_loss = tf.fill(tf.shape(loss), 0.0 if self.n_iter > 1 else math.inf)
         state = {
-            "i": tf.constant(0), "x_adv": x_adv, "x_old": x_adv, "grad": grad,
-            "step": tf.fill(rows, tf.constant(2.0 * self.eps, tf.float32)),
+            "pos": tf.range(tf.shape(labels)[0]), "x": x, "labels": labels,
+            "x_adv": x_adv, "x_old": x_adv, "grad": grad,
+            "step": shape_rows(tf.fill(tf.shape(loss), tf.constant(2.0 * self.eps, tf.float32)), x),
             "x_best": x_adv, "loss_best": loss, "grad_best": grad, "prev_loss": prev_loss,
             "increases": tf.zeros(tf.shape(loss), tf.int32),
-            "reduced_last": tf.ones(tf.shape(loss), tf.bool), "best_last_check": loss,
-            "found": found, "first": first}
+            "reduced_last": tf.ones(tf.shape(loss), tf.bool), "best_last_check": loss}
+        if targets is not None:
+            state["targets"] = targets
+        row_keys = set(state)
+        state = rows.keep_rows(state, tf.logical_not(miss), row_keys)
 
-        def cond(s):
-            return tf.logical_and(s["i"] < self.n_iter,
-                                  tf.logical_not(tf.reduce_all(s["found"])))
+        def cond(i, s, found, first):
+            return tf.logical_and(i < self.n_iter, tf.size(s["pos"]) > 0)
 
-        def body(s):
-            i, x_adv = s["i"], s["x_adv"]
+        def body(i, s, found, first):
+            x_adv, x = s["x_adv"], s["x"]
             a = tf.where(i > 0, _MOMENTUM, 1.0)
             z = self.project(x_adv + s["step"] * self.norm.ascent_direction(s["grad"]), x)
             x_new = self.project(x_adv + (z - x_adv) * a + (x_adv - s["x_old"]) * (1.0 - a), x)
-            loss, grad, logits = self._loss_and_gradient(model, x_new, labels, targets)
-            found, first = record(x_new, logits, s["found"], s["first"])
+            loss, grad, logits = self._loss_and_gradient(model, x_new, s["labels"],
+                                                         s.get("targets"))
+            miss = miss_of(logits, s["labels"])
             increases = s["increases"] + tf.cast(loss > s["prev_loss"], tf.int32)
             better = loss > s["loss_best"]
-            better_rows = tf.reshape(better, rows)
+            better_rows = shape_rows(better, x)
             x_best = tf.where(better_rows, x_new, s["x_best"])
             grad_best = tf.where(better_rows, grad, s["grad_best"])
             loss_best = tf.where(better, loss, s["loss_best"])
@@ -323,9 +346,9 @@ class APGD:
             halve = tf.logical_and(check, halving_decision(
                 increases, window[i], self.rho, s["reduced_last"], s["best_last_check"],
                 loss_best))
-            halve_rows = tf.reshape(halve, rows)
-            return {
-                "i": i + 1,
+            halve_rows = shape_rows(halve, x)
+            s = {
+                **s,
                 "x_adv": tf.where(halve_rows, x_best, x_new),
                 "x_old": x_adv,
                 "grad": tf.where(halve_rows, grad_best, grad),
@@ -333,11 +356,26 @@ class APGD:
                 "x_best": x_best, "loss_best": loss_best, "grad_best": grad_best, "prev_loss": loss,
                 "increases": tf.where(check, tf.zeros_like(increases), increases),
                 "reduced_last": tf.where(check, halve, s["reduced_last"]),
-                "best_last_check": tf.where(check, loss_best, s["best_last_check"]),
-                "found": found, "first": first}
+                "best_last_check": tf.where(check, loss_best, s["best_last_check"])}
 
-        (state,) = tf.while_loop(cond, lambda s: (body(s),), (state,), parallel_iterations=1)
-        return state["found"], state["first"], state["x_best"], state["loss_best"]
+            def record():
+                broken = rows.positions(miss)
+                places = tf.gather(s["pos"], broken)
+                return (rows.scatter_rows(found, places, tf.ones(tf.shape(places), tf.bool)),
+                        rows.scatter_rows(first, places, tf.gather(x_new, broken)))
+
+            found, first = tf.cond(tf.reduce_any(miss), record, lambda: (found, first))
+            return i + 1, rows.keep_rows(s, tf.logical_not(miss), row_keys), found, first
+
+        loop_vars = (tf.constant(0), state, found, first)
+        _, state, found, first = tf.while_loop(
+            cond, body, loop_vars, parallel_iterations=1,
+            shape_invariants=(tf.TensorShape([]), rows.row_invariants(state, row_keys),
+                              found.shape, first.shape))
+        x_best = rows.scatter_rows(x, state["pos"], state["x_best"])
+        loss_best = rows.scatter_rows(tf.fill(tf.shape(labels), -math.inf), state["pos"],
+                                      state["loss_best"])
+        return found, first, x_best, loss_best
 
     def perturb(self, model, x, y, indices=None):
         """Evaluation under SPEC "Counting": ``(x_adv, robust)`` for labels ``y``.
@@ -358,7 +396,7 @@ class APGD:
         x = tf.convert_to_tensor(x, tf.float32)
         labels = tf.cast(y, tf.int64)
         indices = keyed_random.example_indices(x, indices)
-        rows = tf.concat([tf.shape(x)[:1], tf.ones([x.shape.rank - 1], tf.int32)], 0)
+        row_shape = tf.concat([tf.shape(x)[:1], tf.ones([x.shape.rank - 1], tf.int32)], 0)
         clean_logits = self._logits(model, x)
         found = tf.not_equal(tf.argmax(clean_logits, -1, output_type=tf.int64), labels)
         targets_of = self._run_targets(clean_logits)
@@ -368,16 +406,27 @@ class APGD:
             return tf.logical_and(run < n_runs, tf.logical_not(tf.reduce_all(found)))
 
         def body(run, found, first, best, best_loss):
-            found, first, x_best, loss_best = self._single_run(
-                model, x, labels, targets_of(run), found, first, indices, run)
-            better = loss_best > best_loss
-            best = tf.where(tf.reshape(better, rows), x_best, best)
-            return run + 1, found, first, best, tf.where(better, loss_best, best_loss)
+            # Each run (restart or target) attacks only the rows no earlier run broke.
+            pos = rows.positions(tf.logical_not(found))
+            targets = targets_of(run)
+            run_found, run_first, x_best, loss_best = self._single_run(
+                model, *rows.gather_rows((x, labels), pos),
+                None if targets is None else tf.gather(targets, pos),
+                tf.gather(indices, pos), run)
+            found = rows.scatter_rows(found, pos, run_found)
+            first = rows.scatter_rows(first, pos, run_first)
+            better = loss_best > tf.gather(best_loss, pos)
+            best = rows.scatter_rows(best, pos, tf.where(
+                tf.reshape(better, tf.concat([tf.shape(pos), row_shape[1:]], 0)),
+                x_best, tf.gather(best, pos)))
+            best_loss = rows.scatter_rows(best_loss, pos,
+                                          tf.where(better, loss_best, tf.gather(best_loss, pos)))
+            return run + 1, found, first, best, best_loss
 
         best_loss = tf.fill(tf.shape(labels), -math.inf)
         _, found, first, best, _ = tf.while_loop(
             cond, body, (tf.constant(0), found, x, x, best_loss), parallel_iterations=1)
-        x_adv = tf.where(tf.reshape(found, rows), first, best)
+        x_adv = tf.where(tf.reshape(found, row_shape), first, best)
         return tf.stop_gradient(x_adv), tf.logical_not(found)
 
 

@@ -305,8 +305,9 @@ class AutoAttack:
             "backward": B}``: the images the attack sent through the model
             forward, and back-propagated through for an input gradient,
             counted by :class:`~gacd_tf.attacks.pass_counter.PassCounter`
-            over all its batches, rows already broken that keep running or
-            that pad a batch included; a forward pass with an input
+            over all its batches (each point for the runs and iterations it
+            was still robust in; rows that pad a replica's share included;
+            docs/evaluation.md "Cost"); a forward pass with an input
             gradient counts one of each, so Square's backward is 0; the
             clean pass and the sanity checks are no attack's; None for an
             attack resumed from a progress file saved before the counts

@@ -16,7 +16,7 @@ import math
 
 import tensorflow as tf
 
-from gacd_tf.attacks import keyed_random
+from gacd_tf.attacks import keyed_random, rows
 from gacd_tf.attacks.arguments import (
     check_eps,
     check_linf_only,
@@ -116,6 +116,10 @@ class FAB:
     class), keeps the boundary closest in l_inf under the linearisation, and
     takes FAB's step towards it. Only clean-correct points are attacked; a
     point is broken when FAB found a misclassified point within ``eps`` of it.
+    Each run (restart, or target of FAB-T) attacks only the points no earlier
+    run broke, as the reference (:mod:`~gacd_tf.attacks.rows`); within a run
+    every point runs all ``n_iter`` iterations (FAB keeps shrinking the
+    perturbation it found).
     Restarts after the first start from ``x + eps/2 * u / ||u||_inf``,
     ``u ~ U[-1, 1]`` (clipped to [0, 1]).
 
@@ -208,8 +212,9 @@ class FAB:
         flat = tf.reshape(x1, [tf.shape(x1)[0], -1])
         return grad, tf.reduce_sum(grad * flat, axis=1) - df
 
-    def _single_run(self, model, x, y, target, active, random_start, indices, run):
-        """One FAB run; returns the smallest misclassified point found and its norm.
+    def _single_run(self, model, x, y, target, random_start, indices, run):
+        """One FAB run of ``n_iter`` iterations on every row given; returns the
+        smallest misclassified point found and its norm.
 
         ``random_start`` is a bool tensor: start from a random point of the
         eps/2-ball instead of the clean image, row ``i``'s drawn from (seed,
@@ -250,7 +255,7 @@ class FAB:
             return i + 1, x1, best, best_norm
 
         _, _, best, best_norm = tf.while_loop(
-            lambda i, *_: (i < self.n_iter) & tf.reduce_any(active),
+            lambda i, *_: i < self.n_iter,
             body,
             (tf.constant(0), x1, best, best_norm),
             parallel_iterations=1,
@@ -290,18 +295,25 @@ class FAB:
         ranked = tf.cast(tf.argsort(clean_logits, axis=1, direction="DESCENDING", stable=True), tf.int32)
         n_runs = self._n_targets(clean_logits.shape[-1]) * self.n_restarts
 
-        # One loop over (target, restart) runs, so the model is traced once.
+        # One loop over (target, restart) runs, so the model is traced once; each
+        # run attacks only the rows no earlier run broke (the reference's ind_to_fool).
         def run(r, x_adv, robust):
-            target = tf.gather(ranked, 1 + r // self.n_restarts, axis=1) if self.targeted else y
-            adv, adv_norm = self._single_run(model, x, y, target, robust, r % self.n_restarts > 0,
-                                             indices, r)
-            still_right = tf.argmax(_logits(model, adv), axis=1, output_type=tf.int32) == y
-            broken = robust & (adv_norm <= self.eps) & ~still_right
-            x_adv = tf.where(broken[:, None, None, None], adv, x_adv)
-            return r + 1, x_adv, robust & ~broken
+            pos = rows.positions(robust)
+            x_r, y_r, indices_r = rows.gather_rows((x, y, indices), pos)
+            target = tf.gather(tf.gather(ranked, 1 + r // self.n_restarts, axis=1), pos) \
+                if self.targeted else y_r
+            adv, adv_norm = self._single_run(model, x_r, y_r, target, r % self.n_restarts > 0,
+                                             indices_r, r)
+            still_right = tf.argmax(_logits(model, adv), axis=1, output_type=tf.int32) == y_r
+            broken = (adv_norm <= self.eps) & ~still_right
+            places = tf.boolean_mask(pos, broken)
+            x_adv = rows.scatter_rows(x_adv, places, tf.boolean_mask(adv, broken))
+            robust = rows.scatter_rows(robust, places, tf.zeros(tf.shape(places), tf.bool))
+            return r + 1, x_adv, robust
 
         _, x_adv, robust = tf.while_loop(
-            lambda r, x_adv, robust: r < n_runs, run, (tf.constant(0), x, robust), parallel_iterations=1
+            lambda r, x_adv, robust: (r < n_runs) & tf.reduce_any(robust), run,
+            (tf.constant(0), x, robust), parallel_iterations=1
         )
         return tf.stop_gradient(x_adv), robust
 

@@ -34,9 +34,10 @@ class PassCounter:
     counts its own rows and :meth:`counts` returns their sum (over the
     workers too, with a multi-worker strategy, where every worker must call
     it: it is a collective there). The counts
-    are of the images the model saw: how the points were batched changes
-    them (an attack stops a batch early once every point in it is broken,
-    and a replica's share padded with copies of a row counts the copies).
+    are of the images the model saw: AutoAttack's attacks send each point
+    only through the runs and iterations it is still robust in, whatever its
+    batch, but a replica's share padded with copies of a row counts the
+    copies.
 
     Args:
         model: callable ``model(x, training=False)``.

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from gacd_tf.attacks import keyed_random
+from gacd_tf.attacks import keyed_random, rows
 from gacd_tf.attacks.arguments import (
     check_eps,
     check_linf_only,
@@ -76,8 +76,9 @@ class Square:
     other rows still running. (The reference draws one position and one sign
     per channel per query for the whole batch: there an example's result
     depends on its batch.) Only clean-correct, not yet broken points are
-    updated; the loop stops early when every point is broken. No gradients
-    are computed.
+    queried, as in the reference: each restart runs on the points no earlier
+    one broke, and a point leaves the run at its first misclassified query
+    (:mod:`~gacd_tf.attacks.rows`). No gradients are computed.
 
     Args:
         eps: l_inf budget.
@@ -119,59 +120,82 @@ class Square:
         self.rescale_schedule = bool(rescale_schedule)
         self.stream = self.name  # the name of the keyed draws (AutoAttack renames a second copy)
 
-    def _single_run(self, model, x, y, active, indices, restart):
-        """One run (number ``restart``) on the rows ``active``; returns (best point, broken)."""
+    def _single_run(self, model, x, y, indices, restart):
+        """One run (number ``restart``) on rows none of which is broken yet; returns
+        (best point, broken) for every row given.
+
+        A row leaves the run's working state at its first misclassified query
+        (the state is gathered on the queries where some row broke), so each
+        query goes to the rows still robust only, as the reference's
+        ``idx_to_fool``.
+        """
         _, height, width, channels = x.shape
         if None in (height, width, channels):
             raise ConfigError(f"square attack needs images of known height, width and channels, got {x.shape}")
-        lower = tf.maximum(x - self.eps, 0.0)
-        upper = tf.minimum(x + self.eps, 1.0)
         # Start: vertical stripes, one sign per (column, channel) and example.
         stripes = keyed_random.uniform(
             keyed_random.example_keys(self.seed, f"{self.stream}/stripes", indices, restart),
             [1, width, channels])
         x_best = tf.clip_by_value(x + self.eps * tf.where(stripes < 0.5, -1.0, 1.0), 0.0, 1.0)
         logits = _logits(model, x_best)
-        margin_best = _margin(logits, y)
-        broken = active & (tf.argmax(logits, axis=1, output_type=tf.int32) != y)
+        broken = tf.argmax(logits, axis=1, output_type=tf.int32) != y
+        # The run's results, one row per row given (the first misclassified
+        # query of a broken row); the working state holds the rows not broken
+        # yet, ``pos`` their places among the rows given.
+        result = x_best
+        state = {
+            "pos": tf.range(tf.shape(y)[0]), "y": y,
+            "lower": tf.maximum(x - self.eps, 0.0), "upper": tf.minimum(x + self.eps, 1.0),
+            "x_best": x_best, "margin_best": _margin(logits, y),
+            # Per query and example: square corner (2 uniforms) and channel signs.
+            "keys": keyed_random.example_keys(self.seed, f"{self.stream}/query", indices,
+                                              restart)}
+        row_keys = set(state)
+        state = rows.keep_rows(state, ~broken, row_keys)
 
         sizes = tf.constant(square_sizes(self.n_queries, self.p_init, height, width, channels,
                                           self.rescale_schedule))
-        # Per query and example: square corner (2 uniforms) and channel signs.
-        query_keys = keyed_random.example_keys(self.seed, f"{self.stream}/query", indices,
-                                               restart)
-        rows = tf.range(height)[None, :]
-        cols = tf.range(width)[None, :]
+        row_range = tf.range(height)[None, :]
+        col_range = tf.range(width)[None, :]
 
-        def body(i, x_best, margin_best, broken):
+        def body(i, s, result, broken):
             side = sizes[i]
-            draws = keyed_random.uniform(keyed_random.fold(query_keys, i, 9), [2 + channels])
+            draws = keyed_random.uniform(keyed_random.fold(s["keys"], i, 9), [2 + channels])
             # Corner in [0, n - side - 1] (0 when the square fills the side), as the reference.
             top = tf.cast(tf.floor(draws[:, 0] * tf.cast(height - side, tf.float32)), tf.int32)
             left = tf.cast(tf.floor(draws[:, 1] * tf.cast(width - side, tf.float32)), tf.int32)
             # The square of row b: its rows [B, H] times its columns [B, W].
-            in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)
-            in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)
+            in_rows = (row_range >= top[:, None]) & (row_range < top[:, None] + side)
+            in_cols = (col_range >= left[:, None]) & (col_range < left[:, None] + side)
             inside = tf.cast(in_rows[:, :, None, None] & in_cols[:, None, :, None], tf.float32)
             signs = tf.where(draws[:, 2:] < 0.5, -2.0 * self.eps, 2.0 * self.eps)
             step = inside * signs[:, None, None, :]
-            x_new = tf.clip_by_value(x_best + step, lower, upper)
+            x_new = tf.clip_by_value(s["x_best"] + step, s["lower"], s["upper"])
             logits = _logits(model, x_new)
-            margin = _margin(logits, y)
-            wrong = tf.argmax(logits, axis=1, output_type=tf.int32) != y
-            searching = active & ~broken
-            take = searching & ((margin < margin_best) | wrong)
-            x_best = tf.where(take[:, None, None, None], x_new, x_best)
-            margin_best = tf.where(take, margin, margin_best)
-            return i + 1, x_best, margin_best, broken | (searching & wrong)
+            margin = _margin(logits, s["y"])
+            wrong = tf.argmax(logits, axis=1, output_type=tf.int32) != s["y"]
+            take = (margin < s["margin_best"]) | wrong
+            s = {**s, "x_best": tf.where(take[:, None, None, None], x_new, s["x_best"]),
+                 "margin_best": tf.where(take, margin, s["margin_best"])}
 
-        _, x_best, _, broken = tf.while_loop(
-            lambda i, x_best, margin_best, broken: (i < self.n_queries) & tf.reduce_any(active & ~broken),
+            def record():
+                now = rows.positions(wrong)
+                places = tf.gather(s["pos"], now)
+                return (rows.scatter_rows(result, places, tf.gather(x_new, now)),
+                        rows.scatter_rows(broken, places, tf.ones(tf.shape(places), tf.bool)))
+
+            result, broken = tf.cond(tf.reduce_any(wrong), record, lambda: (result, broken))
+            return i + 1, rows.keep_rows(s, ~wrong, row_keys), result, broken
+
+        _, state, result, broken = tf.while_loop(
+            lambda i, s, result, broken: (i < self.n_queries) & (tf.size(s["pos"]) > 0),
             body,
-            (tf.constant(0), x_best, margin_best, broken),
+            (tf.constant(0), state, result, broken),
+            shape_invariants=(tf.TensorShape([]), rows.row_invariants(state, row_keys),
+                              result.shape, broken.shape),
             parallel_iterations=1,
         )
-        return x_best, broken
+        return rows.scatter_rows(result, state["pos"], state["x_best"]), broken
 
     def perturb(self, model, x, y, indices=None):
         """Runs Square on the clean-correct points of ``x``.
@@ -198,9 +222,15 @@ class Square:
         robust = tf.argmax(_logits(model, x), axis=1, output_type=tf.int32) == y
         x_adv = x
         for restart in range(self.n_restarts):
-            x_best, broken = self._single_run(model, x, y, robust, indices, restart)
-            x_adv = tf.where((broken | robust)[:, None, None, None], x_best, x_adv)
-            robust = robust & ~broken
+            # Each restart runs on the rows no earlier one broke.
+            def attack(restart=restart, x_adv=x_adv, robust=robust):
+                pos = rows.positions(robust)
+                x_best, broken = self._single_run(model, *rows.gather_rows((x, y, indices), pos),
+                                                  restart)
+                return (rows.scatter_rows(x_adv, pos, x_best),
+                        rows.scatter_rows(robust, pos, ~broken))
+
+            x_adv, robust = tf.cond(tf.reduce_any(robust), attack, lambda: (x_adv, robust))
         return tf.stop_gradient(x_adv), robust
 
     def __call__(self, model, x, y):

@@ -1,0 +1,49 @@
+"""Running an attack only on the rows still robust: gather them, run, scatter back.
+
+AutoAttack's attacks spend their passes on the points not yet broken, as the
+reference does (fra31/auto-attack attacks only ``ind_to_fool`` at each target,
+restart and Square query): before each run (target or restart) an attack
+gathers the rows still robust, and inside a run it drops a row from its
+working state as soon as the row is broken (the state is gathered only on
+iterations where some row broke). Every row's computation depends on that
+row alone (its random draws are keyed per example), so the rows that remain
+follow exactly the trajectory they follow in any other company. The helpers
+work on dicts of tensors whose first dimension is the row, eagerly and inside
+``tf.function`` / ``tf.while_loop`` (where the row count changes from one
+iteration to the next: :func:`row_invariants`).
+"""
+
+import tensorflow as tf
+
+
+def positions(mask):
+    """int32 ``[k]``: the positions of the True entries of a bool ``[B]``."""
+    return tf.cast(tf.where(mask)[:, 0], tf.int32)
+
+
+def gather_rows(tensors, rows):
+    """Each tensor of a (nested) structure restricted to ``rows`` (None kept as None)."""
+    return tf.nest.map_structure(lambda t: tf.gather(t, rows), tensors)
+
+
+def scatter_rows(full, rows, values):
+    """``full`` with its rows ``rows`` replaced by ``values``."""
+    return tf.tensor_scatter_nd_update(full, rows[:, None], values)
+
+
+def keep_rows(state, keep, row_keys):
+    """``state`` (a dict) with the entries ``row_keys`` restricted to the rows ``keep``
+    (bool ``[k]``); gathers only when some row is dropped."""
+
+    def compact():
+        rows = positions(keep)
+        return {k: tf.gather(v, rows) if k in row_keys else v for k, v in state.items()}
+
+    return tf.cond(tf.reduce_all(keep), lambda: dict(state), compact)
+
+
+def row_invariants(state, row_keys):
+    """``tf.while_loop`` shape invariants of ``state``: the entries ``row_keys`` with any
+    number of rows, the others as they are."""
+    return {k: tf.TensorShape([None]).concatenate(tf.convert_to_tensor(v).shape[1:])
+            if k in row_keys else tf.convert_to_tensor(v).shape for k, v in state.items()}
