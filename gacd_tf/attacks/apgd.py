@@ -115,8 +115,8 @@ def _per_example_max(t, reduce):
 class APGD:
     """Auto-PGD on the cross-entropy ("apgd-ce") or DLR loss ("apgd-dlr").
 
-    Runs ``n_restarts`` independent runs of ``n_iter`` iterations on the whole
-    batch; see the module docstring for one run. Counting follows SPEC
+    Runs ``n_restarts`` independent runs of ``n_iter`` iterations, each on
+    the points of the batch still robust; see the module docstring for one run. Counting follows SPEC
     "Counting": every iterate (start points included) is classified, a point
     is robust only if its clean image and every iterate are classified
     correctly, and a broken point's ``x_adv`` is its first misclassified

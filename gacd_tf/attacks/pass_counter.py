@@ -35,7 +35,8 @@ class PassCounter:
     workers too, with a multi-worker strategy, where every worker must call
     it: it is a collective there). The counts
     are of the images the model saw: AutoAttack's attacks send each point
-    only through the runs and iterations it is still robust in, whatever its
+    only through the runs it is still robust in (and, for APGD and Square,
+    only through the iterations or queries before it breaks), whatever its
     batch, but a replica's share padded with copies of a row counts the
     copies.
 

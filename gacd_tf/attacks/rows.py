@@ -7,7 +7,10 @@ gathers the rows still robust, and inside a run it drops a row from its
 working state as soon as the row is broken (the state is gathered only on
 iterations where some row broke). Every row's computation depends on that
 row alone (its random draws are keyed per example), so the rows that remain
-follow exactly the trajectory they follow in any other company. The helpers
+follow exactly the trajectory they follow in any other company, provided
+the model's output for a row does not depend on the rows beside it (true of
+a model in inference mode on the CPU; a GPU kernel chosen per batch shape
+can change the last bits). The helpers
 work on dicts of tensors whose first dimension is the row, eagerly and inside
 ``tf.function`` / ``tf.while_loop`` (where the row count changes from one
 iteration to the next: :func:`row_invariants`).
@@ -23,7 +26,7 @@ def positions(mask):
 
 def gather_rows(tensors, rows):
     """Each tensor of a (nested) structure restricted to ``rows`` (None kept as None)."""
-    return tf.nest.map_structure(lambda t: tf.gather(t, rows), tensors)
+    return tf.nest.map_structure(lambda t: None if t is None else tf.gather(t, rows), tensors)
 
 
 def scatter_rows(full, rows, values):
