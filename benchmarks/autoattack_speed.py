@@ -1,6 +1,8 @@
 """Images per second of gacd_tf's AutoAttack, attack by attack, and the ratio to the reference.
 
-On one model and ``--examples`` class-balanced CIFAR-10 test images, times
+On each model (``--model``, repeatable, or ``--arch``, a comma list of
+untrained architectures) and ``--examples`` class-balanced CIFAR-10 test
+images, times
 APGD-CE, APGD-T, FAB-T and Square, each run alone from the clean images
 (through the ensemble driver, so each attacks only the clean-correct points,
 and Square spends its 5,000 queries only on the points it has not broken),
@@ -8,7 +10,13 @@ then the whole standard ensemble (each attack on the points still robust).
 The same runs are made by the reference implementation (fra31/auto-attack,
 PyPI ``pyautoattack``, PyTorch) on the same model exported to ONNX and
 converted with onnx2torch, in a subprocess under ``--reference_python``
-(``benchmarks/autoattack_crosscheck.py --role=reference``), and the table
+(``benchmarks/autoattack_crosscheck.py --role=reference``), interleaved
+with ours: each run is timed on our side and then on the reference's before
+the next run starts, so a change in the machine's load falls on both sides
+of a ratio alike (each side times its own runs; the reference's start-up,
+torch import and ONNX conversion, is outside its timing, as our tracing is
+outside ours; the reference's run includes its few sanity-check passes,
+which ours skips, ``checks=False``). The table
 shows both throughputs, their ratio (> 1: gacd_tf faster) and the robust
 accuracy each side reached (a more robust model costs more: later attacks
 run on more points). gacd_tf's ``tf.function`` tracing is done first, on a
@@ -20,7 +28,8 @@ images (linear in the number of images for a given robust fraction).
 
 Example:
     python benchmarks/autoattack_speed.py --model=runs/resnet20/model.keras \\
-        --data_dir=data/cifar10 --examples=64 --reference_python=/path/to/refenv/bin/python
+        --model=runs/wrn_16_2/model.keras --data_dir=data/cifar10 --examples=64 \\
+        --reference_python=/path/to/refenv/bin/python
 """
 
 import argparse
@@ -33,14 +42,16 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from autoattack_crosscheck import STANDARD, _logits  # noqa: E402
+from autoattack_crosscheck import STANDARD, _logits
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="A .keras classifier (default: an untrained --arch, "
-                   "which is not robust and so times little more than APGD-CE).")
-    p.add_argument("--arch", default="resnet20", help="Architecture built when --model is unset.")
+    p.add_argument("--model", action="append", default=[],
+                   help="A .keras classifier; repeat for several (default: untrained --arch, "
+                        "which is not robust and so times little more than APGD-CE).")
+    p.add_argument("--arch", default="resnet20",
+                   help="Comma list of architectures built when --model is unset.")
     p.add_argument("--dataset", default="cifar10")
     p.add_argument("--data_dir", default=os.environ.get("GACD_DATA_DIR"))
     p.add_argument("--examples", type=int, default=64)
@@ -54,32 +65,37 @@ def parse_args(argv=None):
                    help="Python with torch, onnx, onnx2torch and pyautoattack (unset: gacd_tf "
                         "only).")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads on the reference side (1: on a shared 2-core machine "
-                        "torch's OpenMP threads with 2 slowed its forward pass ~18x).")
+                   help="CPU threads of each side: TensorFlow's intra- and inter-op threads "
+                        "here, torch's threads on the reference side (1: on a shared 2-core "
+                        "machine torch's OpenMP threads with 2 slowed its forward pass ~18x).")
     p.add_argument("--output_dir", default="autoattack_speed")
     return p.parse_args(argv)
 
 
-def main(args):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.makedirs(args.output_dir, exist_ok=True)
+def reference_run(args, onnx_path, inputs, names, output_dir):
+    """The reference's time for one run (``names`` as an ensemble from the clean images)."""
+    result = os.path.join(output_dir, "reference_" + "+".join(names) + ".json")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "autoattack_crosscheck.py")
+    cmd = [args.reference_python, script, "--role=reference", f"--onnx={onnx_path}",
+           f"--inputs={inputs}", f"--result={result}", f"--eps={args.eps!r}",
+           f"--seed={args.seed}", f"--batch_size={args.batch_size}",
+           f"--attacks={','.join(names)}", "--ensemble", "--no-individual",
+           f"--threads={args.threads}"]
+    subprocess.run(cmd, check=True)
+    with open(result) as f:
+        stored = json.load(f)
+    run = stored["ensemble"]
+    run.pop("robust", None)
+    return run, stored
+
+
+def benchmark_model(args, model, name, x, y, output_dir):
+    """Every run of one model, ours then the reference's, interleaved; prints its table."""
     import tensorflow as tf
 
     from gacd_tf.attacks.autoattack import AutoAttack
-    from gacd_tf.data import load_split
-    from gacd_tf.models import build_model
-    from gacd_tf.models.io import load_model
 
-    split = load_split(args.dataset, "test", args.data_dir, examples=args.examples)
-    x = split.images.astype(np.float32) / 255.0
-    y = split.labels.astype(np.int64)
-    if args.model:
-        model, name = load_model(args.model), os.path.basename(os.path.dirname(
-            os.path.abspath(args.model))) + "/" + os.path.basename(args.model)
-    else:
-        model = build_model(args.arch, num_classes=split.info.num_classes)
-        model(x[:1], training=False)
-        name = f"untrained {args.arch}"
+    os.makedirs(output_dir, exist_ok=True)
     attacks = args.attacks.split(",")
     runs = [[a] for a in attacks] + [attacks]
 
@@ -95,46 +111,39 @@ def main(args):
         adversaries[tuple(names)] = aa
     tracing = time.time() - trace_start
 
-    ours = {}
-    for names in runs:
-        aa = adversaries[tuple(names)]
-        start = time.time()
-        res = aa.run(model, x, y, batch_size=args.batch_size, verbose=0)
-        ours[" + ".join(names)] = {"seconds": time.time() - start,
-                                    "robust_accuracy": res["robust_accuracy"],
-                                    "natural_accuracy": res["natural_accuracy"],
-                                    "seconds_by_attack": res["seconds_by_attack"]}
-        print(f"gacd_tf: {' + '.join(names)}: {ours[' + '.join(names)]['seconds']:.1f} s, "
-              f"robust {100 * res['robust_accuracy']:.1f} %", flush=True)
-
-    ref = None
+    onnx_path = inputs = None
     if args.reference_python:
         from gacd_tf.serving import export_onnx
 
-        onnx_path = export_onnx(model, os.path.join(args.output_dir, "onnx"), version=1,
+        onnx_path = export_onnx(model, os.path.join(output_dir, "onnx"), version=1,
                                 overwrite=True)
-        inputs = os.path.join(args.output_dir, "inputs.npz")
+        inputs = os.path.join(output_dir, "inputs.npz")
         np.savez(inputs, x=x, y=y)
-        result = os.path.join(args.output_dir, "reference.json")
-        script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                              "autoattack_crosscheck.py")
-        cmd = [args.reference_python, script, "--role=reference", f"--onnx={onnx_path}",
-               f"--inputs={inputs}", f"--result={result}", f"--eps={args.eps!r}",
-               f"--seed={args.seed}", f"--batch_size={args.batch_size}",
-               f"--attacks={args.attacks}", "--ensemble", "--individual",
-               f"--threads={args.threads}"]
-        subprocess.run(cmd, check=True)
-        with open(result) as f:
-            stored = json.load(f)
-        ref = {a: stored["individual"][a] for a in attacks}
-        ref[" + ".join(attacks)] = stored["ensemble"]
+
+    ours, ref, stored = {}, {}, None
+    for names in runs:
+        key = " + ".join(names)
+        start = time.time()
+        res = adversaries[tuple(names)].run(model, x, y, batch_size=args.batch_size, verbose=0)
+        ours[key] = {"seconds": time.time() - start, "robust_accuracy": res["robust_accuracy"],
+                     "natural_accuracy": res["natural_accuracy"],
+                     "seconds_by_attack": res["seconds_by_attack"],
+                     "passes_by_attack": res["passes_by_attack"]}
+        print(f"gacd_tf: {name}: {key}: {ours[key]['seconds']:.1f} s, "
+              f"robust {100 * res['robust_accuracy']:.1f} %", flush=True)
+        if args.reference_python:
+            ref[key], stored = reference_run(args, onnx_path, inputs, names, output_dir)
+            print(f"reference: {name}: {key}: {ref[key]['seconds']:.1f} s, "
+                  f"robust {100 * ref[key]['robust_accuracy']:.1f} %", flush=True)
 
     n = len(y)
     print()
     print(f"AutoAttack speed, {name}, {n} CIFAR-10 test images, eps {args.eps:.5f}, "
           f"{os.cpu_count()} CPU cores; gacd_tf: TensorFlow {tf.__version__}"
           + (f"; reference: pyautoattack, torch {stored['torch']} "
-             f"({stored['threads']} thread(s)) via ONNX + onnx2torch" if ref else ""))
+             f"({stored['threads']} thread(s)) via ONNX + onnx2torch" if ref else "")
+          + f"; {args.threads} CPU thread(s) each side; each run ours then the reference's,"
+          " interleaved")
     print(f"natural accuracy {100 * ours[attacks[0]]['natural_accuracy']:.1f} %; gacd_tf "
           f"tracing (untimed, once per attack) {tracing:.1f} s")
     print()
@@ -159,7 +168,7 @@ def main(args):
         else:
             print(f"| {label} | {n / o['seconds']:.2f} | {o['seconds']:.1f} | "
                   f"{100 * o['robust_accuracy']:.1f} |")
-        rows[label] = {"ours": o, "reference": ref[key] if ref else None}
+        rows[label] = {"ours": o, "reference": ref.get(key)}
     ens = ours[" + ".join(attacks)]
     print()
     print(f"gacd_tf standard ensemble: {1000 * ens['seconds'] / n / 60:.1f} min per 1,000 images "
@@ -168,13 +177,42 @@ def main(args):
         r = ref[" + ".join(attacks)]
         print(f"reference standard ensemble: {1000 * r['seconds'] / n / 60:.1f} min per 1,000 "
               "images (same extrapolation)")
-    for row in rows.values():
-        for side in ("ours", "reference"):
-            if row[side]:
-                row[side].pop("robust", None)
-    with open(os.path.join(args.output_dir, "speed.json"), "w") as f:
+    print()
+    with open(os.path.join(output_dir, "speed.json"), "w") as f:
         json.dump({"model": name, "examples": n, "tracing_seconds": tracing, "rows": rows}, f,
                   indent=1)
+
+
+def main(args):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.makedirs(args.output_dir, exist_ok=True)
+    import tensorflow as tf
+
+    # The same number of threads on both sides: a ratio of implementations, not of cores.
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+
+    from gacd_tf.data import load_split
+    from gacd_tf.models import build_model
+    from gacd_tf.models.io import load_model
+
+    split = load_split(args.dataset, "test", args.data_dir, examples=args.examples)
+    x = split.images.astype(np.float32) / 255.0
+    y = split.labels.astype(np.int64)
+    if args.model:
+        models = [(path, os.path.basename(os.path.dirname(os.path.abspath(path))) + "/"
+                   + os.path.basename(path)) for path in args.model]
+    else:
+        models = [(None, arch) for arch in args.arch.split(",")]
+    for i, (path, name) in enumerate(models):
+        if path:
+            model = load_model(path)
+        else:
+            model = build_model(name, num_classes=split.info.num_classes)
+            model(x[:1], training=False)
+            name = f"untrained {name}"
+        out = args.output_dir if len(models) == 1 else os.path.join(args.output_dir, str(i))
+        benchmark_model(args, model, name, x, y, out)
     return 0
 
 
