@@ -22,6 +22,7 @@ from gacd_tf.attacks.pass_counter import PassCounter
 from gacd_tf.attacks.registry import AA_VERSIONS as VERSIONS
 from gacd_tf.attacks.registry import ATTACKS, AUTOATTACK, NORMS, ensemble_attack_names
 from gacd_tf.errors import ConfigError
+from gacd_tf.models.folding import fold_batch_norm
 from gacd_tf.models.io import float32_copy
 from gacd_tf.training.distribute import run_on_replicas
 
@@ -146,6 +147,7 @@ class AutoAttack:
                                for name, attack in self.attacks.items()}
         self._compiled = {}
         self._counter = None  # (model, strategy, PassCounter) of the last run
+        self._view = None  # (model, its folded inference view) of the last run
 
     def _build(self, item, overrides):
         if not isinstance(item, str):
@@ -321,6 +323,7 @@ class AutoAttack:
         """
         verbose = self.verbose if verbose is None else verbose
         model = float32_copy(model)  # robustness is measured in float32
+        model = self._inference_view(model)  # batch norms folded (models/folding.py)
         x, y, batch_size = _as_arrays(x, y, batch_size)
         n = len(y)
         if indices is None:
@@ -489,6 +492,14 @@ class AutoAttack:
         return result if return_examples else json_result(result)
 
     # ------------------------------------------------------------------
+
+    def _inference_view(self, model):
+        """``model`` with its batch norms folded into its convolutions
+        (:func:`~gacd_tf.models.folding.fold_batch_norm`), made once per model
+        so the attacks' traces of it are kept."""
+        if self._view is None or self._view[0] is not model:
+            self._view = (model, fold_batch_norm(model))
+        return self._view[1]
 
     def _pass_counter(self, model, strategy=None):
         """A :class:`PassCounter` of ``model`` (its variables in ``strategy``'s scope),
