@@ -321,8 +321,7 @@ class APGD:
             "reduced_last": tf.ones(tf.shape(loss), tf.bool), "best_last_check": loss}
         if targets is not None:
             state["targets"] = targets
-        row_keys = set(state)
-        state = rows.keep_rows(state, tf.logical_not(miss), row_keys)
+        state = rows.keep_rows(state, tf.logical_not(miss))
 
         def cond(i, s, found, first):
             return tf.logical_and(i < self.n_iter, tf.size(s["pos"]) > 0)
@@ -357,20 +356,13 @@ class APGD:
                 "increases": tf.where(check, tf.zeros_like(increases), increases),
                 "reduced_last": tf.where(check, halve, s["reduced_last"]),
                 "best_last_check": tf.where(check, loss_best, s["best_last_check"])}
-
-            def record():
-                broken = rows.positions(miss)
-                places = tf.gather(s["pos"], broken)
-                return (rows.scatter_rows(found, places, tf.ones(tf.shape(places), tf.bool)),
-                        rows.scatter_rows(first, places, tf.gather(x_new, broken)))
-
-            found, first = tf.cond(tf.reduce_any(miss), record, lambda: (found, first))
-            return i + 1, rows.keep_rows(s, tf.logical_not(miss), row_keys), found, first
+            s, found, first = rows.retire_rows(s, miss, found, first, x_new)
+            return i + 1, s, found, first
 
         loop_vars = (tf.constant(0), state, found, first)
         _, state, found, first = tf.while_loop(
             cond, body, loop_vars, parallel_iterations=1,
-            shape_invariants=(tf.TensorShape([]), rows.row_invariants(state, row_keys),
+            shape_invariants=(tf.TensorShape([]), rows.row_invariants(state),
                               found.shape, first.shape))
         x_best = rows.scatter_rows(x, state["pos"], state["x_best"])
         loss_best = rows.scatter_rows(tf.fill(tf.shape(labels), -math.inf), state["pos"],

@@ -34,19 +34,38 @@ def scatter_rows(full, rows, values):
     return tf.tensor_scatter_nd_update(full, rows[:, None], values)
 
 
-def keep_rows(state, keep, row_keys):
-    """``state`` (a dict) with the entries ``row_keys`` restricted to the rows ``keep``
-    (bool ``[k]``); gathers only when some row is dropped."""
+def keep_rows(state, keep):
+    """``state`` (a dict of row tensors) restricted to the rows ``keep`` (bool ``[k]``);
+    gathers only when some row is dropped."""
 
     def compact():
-        rows = positions(keep)
-        return {k: tf.gather(v, rows) if k in row_keys else v for k, v in state.items()}
+        return gather_rows(state, positions(keep))
 
     return tf.cond(tf.reduce_all(keep), lambda: dict(state), compact)
 
 
-def row_invariants(state, row_keys):
-    """``tf.while_loop`` shape invariants of ``state``: the entries ``row_keys`` with any
-    number of rows, the others as they are."""
+def retire_rows(state, done, flags, points, new_points):
+    """The rows ``done`` (bool ``[k]``) of the working ``state`` leave it.
+
+    ``state["pos"]`` holds each working row's place in the full results: there
+    ``flags`` (bool) is set True and ``points`` takes the row of ``new_points``.
+    One ``tf.cond``, taken only when some row is done.
+
+    Returns:
+        ``(state, flags, points)``.
+    """
+
+    def retire():
+        now = positions(done)
+        places = tf.gather(state["pos"], now)
+        return (gather_rows(state, positions(tf.logical_not(done))),
+                scatter_rows(flags, places, tf.ones(tf.shape(places), tf.bool)),
+                scatter_rows(points, places, tf.gather(new_points, now)))
+
+    return tf.cond(tf.reduce_any(done), retire, lambda: (dict(state), flags, points))
+
+
+def row_invariants(state):
+    """``tf.while_loop`` shape invariants of ``state``: every entry with any number of rows."""
     return {k: tf.TensorShape([None]).concatenate(tf.convert_to_tensor(v).shape[1:])
-            if k in row_keys else tf.convert_to_tensor(v).shape for k, v in state.items()}
+            for k, v in state.items()}

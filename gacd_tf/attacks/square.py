@@ -150,8 +150,7 @@ class Square:
             # Per query and example: square corner (2 uniforms) and channel signs.
             "keys": keyed_random.example_keys(self.seed, f"{self.stream}/query", indices,
                                               restart)}
-        row_keys = set(state)
-        state = rows.keep_rows(state, ~broken, row_keys)
+        state = rows.keep_rows(state, ~broken)
 
         sizes = tf.constant(square_sizes(self.n_queries, self.p_init, height, width, channels,
                                           self.rescale_schedule))
@@ -177,21 +176,14 @@ class Square:
             take = (margin < s["margin_best"]) | wrong
             s = {**s, "x_best": tf.where(take[:, None, None, None], x_new, s["x_best"]),
                  "margin_best": tf.where(take, margin, s["margin_best"])}
-
-            def record():
-                now = rows.positions(wrong)
-                places = tf.gather(s["pos"], now)
-                return (rows.scatter_rows(result, places, tf.gather(x_new, now)),
-                        rows.scatter_rows(broken, places, tf.ones(tf.shape(places), tf.bool)))
-
-            result, broken = tf.cond(tf.reduce_any(wrong), record, lambda: (result, broken))
-            return i + 1, rows.keep_rows(s, ~wrong, row_keys), result, broken
+            s, broken, result = rows.retire_rows(s, wrong, broken, result, x_new)
+            return i + 1, s, result, broken
 
         _, state, result, broken = tf.while_loop(
             lambda i, s, result, broken: (i < self.n_queries) & (tf.size(s["pos"]) > 0),
             body,
             (tf.constant(0), state, result, broken),
-            shape_invariants=(tf.TensorShape([]), rows.row_invariants(state, row_keys),
+            shape_invariants=(tf.TensorShape([]), rows.row_invariants(state),
                               result.shape, broken.shape),
             parallel_iterations=1,
         )
