@@ -2,13 +2,14 @@
 
 import atexit
 import json
+import locale
 import os
 import select
-import signal
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
@@ -16,21 +17,31 @@ from gacd_tf.data import write_cifar10
 
 
 def run_program(module, *args, timeout=300):
-    """Runs ``python -m gacd_tf.programs.MODULE ARGS`` offline; returns the CompletedProcess.
+    """Runs ``python -m gacd_tf.programs.MODULE ARGS`` offline; returns the CompletedProcess."""
+    return run_module(f"gacd_tf.programs.{module}", *args, timeout=timeout)
 
-    The program runs in a process forked from ``program_server.py``, which has
+
+def run_module(module, *args, timeout=300):
+    """``python -m MODULE ARGS`` with this process's environment (GACD_DATA_DIR removed).
+
+    The module runs in a process forked from ``program_server.py``, which has
     imported TensorFlow once (a fresh interpreter spends about 8 s of a core on
     that import): the same module run as ``__main__``, with this process's
-    environment and working folder. A real ``python -m`` subprocess is used instead
-    when the environment changes how an interpreter starts (PYTHON*, TF_*, ...
-    differ from the server's), or everywhere with GACD_TEST_FRESH_PROCESSES=1.
+    environment and working folder. A real ``python -m`` subprocess runs instead
+    where the environment differs from the server's in a variable that is read
+    when an interpreter starts (any but those in ``_ProgramServer.RUNTIME``),
+    where the server says it cannot fork safely, or everywhere with
+    GACD_TEST_FRESH_PROCESSES=1.
     """
     env = _program_env(os.environ)
-    command = [sys.executable, "-m", f"gacd_tf.programs.{module}", *args]
-    if os.environ.get("GACD_TEST_FRESH_PROCESSES") == "1" or not _ProgramServer.can_fork(env):
+    command = [sys.executable, "-m", module, *args]
+    server = None
+    if os.environ.get("GACD_TEST_FRESH_PROCESSES") != "1" and _ProgramServer.can_fork(env):
+        server = _ProgramServer.get()
+    if server is None:
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                               env=env)
-    return _ProgramServer.get().run(command, env, timeout)
+    return server.run(command, env, timeout)
 
 
 def _program_env(environ):
@@ -40,7 +51,8 @@ def _program_env(environ):
 
 
 def _read_text(path):
-    with open(path, encoding="utf-8", errors="replace") as file:
+    # As subprocess.run(text=True): the locale's encoding, universal newlines.
+    with open(path, encoding=locale.getpreferredencoding(False)) as file:
         return file.read()
 
 
@@ -48,24 +60,37 @@ class _ProgramServer:
     """The client of tests/program_server.py (one server per test process)."""
 
     _server = None
+    unusable = ""  # why the server cannot fork here; then every run is fresh
     # The server starts with the environment this module was imported in (before
-    # any test changed it). Variables read when an interpreter or TensorFlow starts
-    # cannot change in a forked child: a request that changes one runs fresh.
+    # any test changed it). A forked child cannot take a different value of a
+    # variable read when an interpreter, TensorFlow or Keras starts (PYTHONPATH,
+    # TF_*, KERAS_*, HOME, LANG, ...): a request may differ only in these, which
+    # are read while a program runs.
     _ENV = _program_env(os.environ)
-    _STARTUP_PREFIXES = ("PYTHON", "TF_", "CUDA", "XLA_", "OMP_", "KMP_", "MKL", "LD_")
-
-    @classmethod
-    def _startup(cls, env):
-        return {k: v for k, v in env.items() if k.startswith(cls._STARTUP_PREFIXES)}
+    RUNTIME = ("PYTEST_", "GACD_", "TFDS_DATA_DIR", "TF_CONFIG", "http_proxy", "https_proxy",
+               "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
+    START_SECONDS = 600  # for the server's own start (its TensorFlow import)
 
     @classmethod
     def can_fork(cls, env):
-        return hasattr(os, "fork") and cls._startup(env) == cls._startup(cls._ENV)
+        if not hasattr(os, "fork") or cls.unusable:
+            return False
+        keys = set(env) | set(cls._ENV)
+        return all(env.get(k) == cls._ENV.get(k) for k in keys if not k.startswith(cls.RUNTIME))
 
     @classmethod
     def get(cls):
+        """The running server, started if needed; None if it cannot fork here."""
         if cls._server is None or cls._server.process.poll() is not None:
-            cls._server = cls()
+            server = cls()
+            ready = server._answer(time.monotonic() + cls.START_SECONDS)
+            if not (ready or {}).get("ready"):
+                server.close()
+                cls.unusable = (ready or {}).get("why") or "it did not start"
+                warnings.warn(f"tests/program_server.py: {cls.unusable}; programs run in "
+                              "fresh interpreters")
+                return None
+            cls._server = server
         return cls._server
 
     def __init__(self):
@@ -75,6 +100,7 @@ class _ProgramServer:
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         env=self._ENV)
         self.buffer = b""
+        self.requests = 0
         atexit.register(self.close)
 
     def close(self):
@@ -84,37 +110,49 @@ class _ProgramServer:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait()
 
     def _answer(self, deadline):
+        """The server's next answer, or None when ``deadline`` passes first."""
         fd = self.process.stdout.fileno()
         while b"\n" not in self.buffer:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            left = max(0.0, deadline - time.monotonic())
             if not select.select([fd], [], [], left)[0]:
                 return None
             chunk = os.read(fd, 4096)
             if not chunk:
-                raise RuntimeError("tests/program_server.py ended; its stderr went to "
-                                   "/dev/null: run the test with GACD_TEST_FRESH_PROCESSES=1")
+                raise RuntimeError("tests/program_server.py ended (its stderr goes to "
+                                   "/dev/null): run the test with GACD_TEST_FRESH_PROCESSES=1")
             self.buffer += chunk
         line, self.buffer = self.buffer.split(b"\n", 1)
         return json.loads(line)
 
     def run(self, command, env, timeout):
+        self.requests += 1
         with tempfile.TemporaryDirectory(prefix="program-") as folder:
             out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
             for path in (out, err):  # empty if the program is killed before it opens them
                 open(path, "w").close()
-            request = {"module": command[2], "args": command[3:], "env": env,
-                       "cwd": os.getcwd(), "stdout": out, "stderr": err}
-            self.process.stdin.write((json.dumps(request) + "\n").encode())
-            self.process.stdin.flush()
-            pid = self._answer(None)["pid"]
-            answer = self._answer(time.monotonic() + timeout)
-            if answer is None:  # as subprocess.run: kill the program, then raise
-                os.kill(pid, signal.SIGKILL)
-                self._answer(None)
+            request = {"id": self.requests, "module": command[2], "args": command[3:],
+                       "env": env, "cwd": os.getcwd(), "stdout": out, "stderr": err,
+                       "timeout": timeout}
+            try:
+                self.process.stdin.write((json.dumps(request) + "\n").encode())
+                self.process.stdin.flush()
+                # The server kills the program at its timeout; this waits a minute more.
+                answer = self._answer(time.monotonic() + timeout + 60)
+                if answer is None or answer["id"] != request["id"]:
+                    raise RuntimeError(f"tests/program_server.py did not answer request "
+                                       f"{request['id']} (got {answer})")
+            except BaseException:
+                # Whatever went wrong (an interrupt included), this server's answers can
+                # no longer be matched to requests: end it and its process group.
+                self.process.kill()
+                self.process.wait()
+                type(self)._server = None
+                raise
             stdout, stderr = (_read_text(path) for path in (out, err))
-        if answer is None:
+        if answer["timed_out"]:  # as subprocess.run: the program is killed, then this
             raise subprocess.TimeoutExpired(command, timeout, output=stdout, stderr=stderr)
         return subprocess.CompletedProcess(command, answer["returncode"], stdout, stderr)
 
