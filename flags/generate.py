@@ -306,8 +306,9 @@ def reproduce_files():
     files.append(grid_file("gacd_departures", [
         "GACD's departures from the paper, one at a time (docs/methods.md): the cpu grid's",
         "teacher, data, budget and test subsets; GACD as ours, without the normaliser Z, and",
-        "without the CE term on x+, each before and after AFT; three seeds. About 1 h on 2",
-        "cores. (The one-sided form is the cpu grid's own row; all departures together are",
+        "without the CE term on x+, each before and after AFT; three seeds. About 3 h on the",
+        "project's 2-core CPU: the teacher about 1 h, each of the 9 student runs about 14",
+        "min. (The one-sided form is the cpu grid's own row; all departures together are",
         "cpu_long's paper-literal row.)"],
         [0, 1, 2], [("", f"{cpu}/teacher.cfg", with_controls("", [
             ("GACD ours+AFT", f"{cpu}/gacd_two_sided_aft.cfg", "GACD ours"),
