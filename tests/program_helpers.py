@@ -64,8 +64,9 @@ class _ProgramServer:
     # The server starts with the environment this module was imported in (before
     # any test changed it). A forked child cannot take a different value of a
     # variable read when an interpreter, TensorFlow or Keras starts (PYTHONPATH,
-    # TF_*, KERAS_*, HOME, LANG, ...): a request may differ only in these, which
-    # are read while a program runs.
+    # TF_*, KERAS_*, HOME, LANG, ...): a request whose environment differs from the
+    # server's in any variable but those of RUNTIME (read while a program runs)
+    # gets a fresh interpreter.
     _ENV = _program_env(os.environ)
     RUNTIME = ("PYTEST_", "GACD_", "TFDS_DATA_DIR", "TF_CONFIG", "http_proxy", "https_proxy",
                "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
@@ -146,7 +147,7 @@ class _ProgramServer:
                                        f"{request['id']} (got {answer})")
             except BaseException:
                 # Whatever went wrong (an interrupt included), this server's answers can
-                # no longer be matched to requests: end it and its process group.
+                # no longer be matched to requests: end it (its child dies with it).
                 self.process.kill()
                 self.process.wait()
                 type(self)._server = None
