@@ -16,13 +16,13 @@ import numpy as np
 from gacd_tf.data import write_cifar10
 
 
-def run_program(module, *args, timeout=300):
+def run_program(module, *args, timeout=300, cwd=None):
     """Runs ``python -m gacd_tf.programs.MODULE ARGS`` offline; returns the CompletedProcess."""
-    return run_module(f"gacd_tf.programs.{module}", *args, timeout=timeout)
+    return run_module(f"gacd_tf.programs.{module}", *args, timeout=timeout, cwd=cwd)
 
 
-def run_module(module, *args, timeout=300):
-    """``python -m MODULE ARGS`` with this process's environment (GACD_DATA_DIR removed).
+def run_module(module, *args, timeout=300, cwd=None):
+    """``python -m MODULE ARGS`` in ``program_env()``, in ``cwd`` (default: this one's).
 
     The module runs in a process forked from ``program_server.py``, which has
     imported TensorFlow once (a fresh interpreter spends about 8 s of a core on
@@ -33,20 +33,26 @@ def run_module(module, *args, timeout=300):
     where the server says it cannot fork safely, or everywhere with
     GACD_TEST_FRESH_PROCESSES=1.
     """
-    env = _program_env(os.environ)
+    env = program_env()
     command = [sys.executable, "-m", module, *args]
+    cwd = os.path.abspath(cwd or os.getcwd())
     server = None
     if os.environ.get("GACD_TEST_FRESH_PROCESSES") != "1" and _ProgramServer.can_fork(env):
         server = _ProgramServer.get()
     if server is None:
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              env=env)
-    return server.run(command, env, timeout)
+                              env=env, cwd=cwd)
+    return server.run(command, env, cwd, timeout)
 
 
-def _program_env(environ):
-    env = dict(environ, TF_CPP_MIN_LOG_LEVEL="3")
+def program_env(**extra):
+    """The environment a program runs in for the tests: this process's (or, for the
+    program server, the one this module was imported in), TensorFlow's C++ logs
+    off, GACD_DATA_DIR removed (programs run offline on the data they are given),
+    then ``extra``."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("GACD_DATA_DIR", None)
+    env.update(extra)
     return env
 
 
@@ -67,7 +73,7 @@ class _ProgramServer:
     # TF_*, KERAS_*, HOME, LANG, ...): a request whose environment differs from the
     # server's in any variable but those of RUNTIME (read while a program runs)
     # gets a fresh interpreter.
-    _ENV = _program_env(os.environ)
+    _ENV = program_env()
     RUNTIME = ("PYTEST_", "GACD_", "TFDS_DATA_DIR", "TF_CONFIG", "http_proxy", "https_proxy",
                "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
     START_SECONDS = 600  # for the server's own start (its TensorFlow import)
@@ -128,14 +134,14 @@ class _ProgramServer:
         line, self.buffer = self.buffer.split(b"\n", 1)
         return json.loads(line)
 
-    def run(self, command, env, timeout):
+    def run(self, command, env, cwd, timeout):
         self.requests += 1
         with tempfile.TemporaryDirectory(prefix="program-") as folder:
             out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
             for path in (out, err):  # empty if the program is killed before it opens them
                 open(path, "w").close()
             request = {"id": self.requests, "module": command[2], "args": command[3:],
-                       "env": env, "cwd": os.getcwd(), "stdout": out, "stderr": err,
+                       "env": env, "cwd": cwd, "stdout": out, "stderr": err,
                        "timeout": timeout}
             try:
                 self.process.stdin.write((json.dumps(request) + "\n").encode())

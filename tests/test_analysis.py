@@ -15,21 +15,22 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from program_helpers import run_program
+from tiny_models import tiny
 
 from gacd_tf.analysis import (
     TargetedCrossEntropy,
     correlation_maps,
     linear_transfer,
+    plots,
     run_sweep,
     tsne_maps,
 )
-from gacd_tf.analysis import plots
 from gacd_tf.analysis.tables import markdown_table, model_names
 from gacd_tf.attacks import PGD
 from gacd_tf.data import load_split, write_cifar10
 from gacd_tf.data.datasets import ArraySplit, DatasetInfo, class_names, select_classes
 from gacd_tf.errors import DataError
-from tiny_models import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = DatasetInfo("toy", 3, 8, ("train", "test"), (0.5,) * 3, (0.25,) * 3)
@@ -262,10 +263,7 @@ def test_tables_and_names():
 
 
 def run_analyze(*args, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("GACD_DATA_DIR", None)
-    return subprocess.run([sys.executable, "-m", "gacd_tf.programs.analyze", *args],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    return run_program("analyze", *args, timeout=timeout, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from the last checkpoint and end exactly where an uninterrupted run ends
 with the step and the last good checkpoint; other flags refuse to resume."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from program_helpers import run_program, write_tiny_cifar10
+from program_helpers import program_env, run_program, write_tiny_cifar10
 
 from gacd_tf.models import build_model
 
@@ -46,10 +45,9 @@ def weights(path):
 
 
 def start_program(module, args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("GACD_DATA_DIR", None)
     return subprocess.Popen([sys.executable, "-m", f"gacd_tf.programs.{module}", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=program_env())
 
 
 def kill_after(args, state_file):

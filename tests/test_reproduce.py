@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from program_helpers import write_tiny_cifar10
+from program_helpers import program_env, run_program, write_tiny_cifar10
 
 from gacd_tf.errors import ConfigError
 from gacd_tf.programs import reproduce
@@ -20,10 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def reproduce_cli(*args, cwd=ROOT, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("GACD_DATA_DIR", None)
-    return subprocess.run([sys.executable, "-m", "gacd_tf.programs.reproduce", *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return run_program("reproduce", *args, cwd=cwd, timeout=timeout)
 
 
 def write_grid(folder, body):
@@ -299,8 +296,7 @@ def test_two_shards_of_the_smoke_grid_at_once_from_the_command_line(tmp_path):
     data = write_tiny_cifar10(tmp_path / "data", train=200, test=100)
     out = tmp_path / "out"
     args = ["--grid=flags/reproduce/smoke.cfg", f"--output_dir={out}", f"--data_dir={data}"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("GACD_DATA_DIR", None)
+    env = program_env()
     shards = [subprocess.Popen([sys.executable, "-m", "gacd_tf.programs.reproduce", *args,
                                 f"--shard={i}/2"], cwd=ROOT, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)

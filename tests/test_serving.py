@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from program_helpers import program_env, run_program
 
 from gacd_tf.attacks import PGD
 from gacd_tf.data import load_split, write_cifar10
@@ -18,10 +19,10 @@ from gacd_tf.evaluation import evaluate_robustness
 from gacd_tf.models import build_model, features_and_logits
 from gacd_tf.models.io import check_model_fits, load_model
 from gacd_tf.serving import (
-    load_classifier,
     existing_versions,
     export_onnx,
     export_saved_model,
+    load_classifier,
     load_saved_model,
     write_version,
 )
@@ -29,12 +30,6 @@ from gacd_tf.serving import (
 TOLERANCE = 1e-5
 SIGNATURES = ("serving_default", "features", "encoded_images")
 BIN = os.path.dirname(sys.executable)
-
-
-def subprocess_env():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("GACD_DATA_DIR", None)
-    return env
 
 
 def softmax(z):
@@ -97,7 +92,7 @@ def test_saved_model_cli_shows_the_signatures_and_runs_an_npy(exported, tmp_path
     if not os.path.exists(cli):
         pytest.skip(f"saved_model_cli not found next to {sys.executable}")
     show = subprocess.run([cli, "show", "--dir", str(exported["path"]), "--all"],
-                          capture_output=True, text=True, timeout=120, env=subprocess_env())
+                          capture_output=True, text=True, timeout=120, env=program_env())
     assert show.returncode == 0, show.stderr[-2000:]
     for name in SIGNATURES:
         assert f"signature_def['{name}']" in show.stdout
@@ -112,7 +107,7 @@ def test_saved_model_cli_shows_the_signatures_and_runs_an_npy(exported, tmp_path
                           "--signature_def", "serving_default",
                           "--inputs", f"images={tmp_path / 'x.npy'}",
                           "--outdir", str(tmp_path / "out")],
-                         capture_output=True, text=True, timeout=120, env=subprocess_env())
+                         capture_output=True, text=True, timeout=120, env=program_env())
     assert run.returncode == 0, run.stderr[-2000:]
     logits = np.load(tmp_path / "out" / "logits.npy")
     diff = np.abs(logits - exported["model"](images, training=False).numpy()).max()
@@ -137,7 +132,7 @@ def test_reloads_in_a_fresh_process_without_gacd_tf(exported, tmp_path):
         print("ok")
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120, env=subprocess_env(), cwd=tmp_path)
+                            timeout=120, env=program_env(), cwd=tmp_path)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
 
 
@@ -284,11 +279,6 @@ def test_robust_accuracy_through_the_saved_model_equals_the_keras_figure(exporte
     for key in ("natural_accuracy", "robust_accuracy", "num_examples"):
         assert from_saved[key] == from_keras[key], (key, from_saved, from_keras)
     assert from_keras["robust_accuracy"] < from_keras["natural_accuracy"]  # the attack bites
-
-
-def run_program(module, *args):
-    return subprocess.run([sys.executable, "-m", f"gacd_tf.programs.{module}", *args],
-                          capture_output=True, text=True, timeout=300, env=subprocess_env())
 
 
 def test_export_and_evaluate_programs(exported, tmp_path):

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+from program_helpers import program_env
+
 
 def free_ports(count=2):
     sockets = [socket.socket() for _ in range(count)]
@@ -29,9 +31,7 @@ def tf_config(ports, index):
 def start_worker(module, args, ports, index, tmpdir):
     """``python -m gacd_tf.programs.MODULE ARGS --strategy=multi_worker`` as worker INDEX."""
     os.makedirs(tmpdir, exist_ok=True)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=tf_config(ports, index),
-               TMPDIR=str(tmpdir))
-    env.pop("GACD_DATA_DIR", None)
+    env = program_env(TF_CONFIG=tf_config(ports, index), TMPDIR=str(tmpdir))
     return subprocess.Popen(
         [sys.executable, "-m", f"gacd_tf.programs.{module}", *args, "--strategy=multi_worker"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
