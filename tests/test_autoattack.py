@@ -13,6 +13,8 @@ from gacd_tf.attacks import ATTACKS, FGSM, PGD, AutoAttack
 from gacd_tf.errors import ConfigError
 from gacd_tf.evaluation import evaluate_robustness
 
+from interrupt_helpers import Interrupted, interrupt_at
+
 EPS = 8 / 255
 
 
@@ -296,27 +298,6 @@ def test_real_attacks_stay_in_the_ball_and_accuracy_only_falls(names, settings):
     again = aa.run(model, x, y, batch_size=12)
     np.testing.assert_array_equal(again["robust"], result["robust"])
     np.testing.assert_array_equal(again["x_adv"], result["x_adv"])
-
-
-class Interrupted(Exception):
-    pass
-
-
-def interrupt_at(aa, attack_name, call):
-    """Makes ``aa`` raise on the ``call``-th batch of ``attack_name`` (a kill stand-in)."""
-    build, calls = aa._attack_fn, []
-
-    def attack_fn(name, *args):
-        fn = build(name, *args)
-
-        def counted(*args):
-            if name == attack_name:
-                calls.append(1)
-                if len(calls) == call:
-                    raise Interrupted()
-            return fn(*args)
-        return counted
-    aa._attack_fn = attack_fn
 
 
 # Killed inside APGD-CE, inside Square, and between the two (before Square's first batch).

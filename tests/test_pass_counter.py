@@ -20,6 +20,8 @@ from gacd_tf.attacks.autoattack import json_result
 from gacd_tf.attacks.pass_counter import PassCounter
 from gacd_tf.training.distribute import make_strategy
 
+from interrupt_helpers import Interrupted, interrupt_at
+
 TINY_EPS = 1e-6  # no point moves across a boundary: the loops never stop early
 
 
@@ -349,27 +351,6 @@ def test_run_counts_do_not_depend_on_the_batch_size_when_points_break():
         "the test needs points broken and points left"
     for batch_size in (1, 5):
         assert run(batch_size)["passes_by_attack"] == want["passes_by_attack"], batch_size
-
-
-class Interrupted(Exception):
-    pass
-
-
-def interrupt_at(aa, attack_name, call):
-    """Makes ``aa`` raise before the ``call``-th batch of ``attack_name`` (a kill stand-in)."""
-    build, calls = aa._attack_fn, []
-
-    def attack_fn(name, *args):
-        fn = build(name, *args)
-
-        def counted(*args):
-            if name == attack_name:
-                calls.append(1)
-                if len(calls) == call:
-                    raise Interrupted()
-            return fn(*args)
-        return counted
-    aa._attack_fn = attack_fn
 
 
 @pytest.mark.parametrize("where", [("apgd-ce", 2), ("square", 1)])
