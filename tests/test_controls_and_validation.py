@@ -14,7 +14,7 @@ from program_helpers import run_program, write_tiny_cifar10
 from gacd_tf.attacks import PGD
 from gacd_tf.errors import DataError
 from gacd_tf.data import holdout_indices
-from gacd_tf.methods import METHODS, ARDDistiller, build
+from gacd_tf.methods import METHODS, ARDDistiller, MethodContext, build
 from tiny_models import tiny
 
 
@@ -84,6 +84,23 @@ def test_ard_code_mode_takes_the_first_gradient_at_the_unclipped_start():
 
 
 # ----------------------------------------------------------------------------- validation
+def test_validation_attacks_with_the_evaluation_pgd_not_the_training_attack():
+    # The budget curve's val_adv_accuracy must be one attack for every row: the
+    # evaluation PGD (--attack_steps at --step_size), whatever each method trains with.
+    student, teacher = tiny(0), tiny(1)
+    context = MethodContext(seed=3, eps=8 / 255, step_size=2 / 255, train_attack_steps=5,
+                            train_step_size=4 / 255, val_attack_steps=20)
+    for name in ("kd", "ard", "gacd"):
+        trainer, record = METHODS.get(name).from_settings(
+            student, teacher, {}, context, train_labels=np.arange(20) % 3)
+        config = trainer.eval_attack.get_config()
+        assert (config["steps"], config["step_size"], config["eps"], config["seed"]) == \
+            (20, 2 / 255, 8 / 255, 3), name
+        assert record["validation_attack"] == config, name
+    if_unset = MethodContext(train_attack_steps=5, train_step_size=4 / 255).validation_attack()
+    assert (if_unset.steps, if_unset.step_size) == (5, 4 / 255)  # the training attack
+
+
 def test_holdout_is_class_balanced_disjoint_and_deterministic():
     labels = np.random.default_rng(0).permutation(np.arange(200) % 10)
     train, val = holdout_indices(labels, 10, 30, None)

@@ -130,18 +130,21 @@ def test_gacd_distill_runs_igdm_end_to_end(tmp_path):
     assert [float(row.split(",")[ramp]) for row in log[1:]] == pytest.approx([0.5, 1.0])
 
 
-@pytest.mark.slow  # ~40 s: TensorFlow start-up and tracing in a subprocess
 def test_gacd_distill_runs_the_paper_normaliser_end_to_end(tmp_path):
     from gacd_tf.models import build_model
 
-    write_tiny_cifar10(tmp_path / "data", train=16, test=8)
+    write_tiny_cifar10(tmp_path / "data", train=30, test=8)
     build_model("resnet8", num_classes=10).save(tmp_path / "teacher.keras")
     out = tmp_path / "gacd"
     result = run_program(
         "distill", "--method=gacd", "--nce_normaliser=paper", "--nce_k=4", "--embed_dim=8",
         f"--teacher={tmp_path / 'teacher.keras'}", "--arch=resnet8",
         f"--data_dir={tmp_path / 'data'}", "--epochs=1", "--batch_size=8",
-        "--attack_steps=1", "--val_examples=0", f"--model_dir={out}", "--verbose=0")
+        "--train_attack_steps=1", "--attack_steps=2", "--val_examples=10",
+        f"--model_dir={out}", "--verbose=0")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["settings"]["nce_normaliser"] == "paper"
+    # Validated after the epoch with the evaluation PGD (--attack_steps), not the training one.
+    assert metrics["settings"]["validation_attack"]["steps"] == 2
+    assert "val_adv_accuracy" in (out / "distill_log.csv").read_text().splitlines()[0]

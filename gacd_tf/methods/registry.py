@@ -46,6 +46,8 @@ class MethodContext:
         step_size: the evaluation PGD step (fallback of ``train_step_size``).
         train_attack_steps, train_step_size: PGD of the student attacks
             (ARD, AFT and the peer methods).
+        val_attack_steps: steps of the per-epoch validation PGD, at
+            ``step_size`` (``None``: validate with the training attack).
         reweight: the user's reweighting choice (``None``: the method's default).
         epochs, steps_per_epoch: the run's length (methods whose losses follow
             the schedule, e.g. IGDM's ramp; ``None``: unknown).
@@ -58,6 +60,7 @@ class MethodContext:
     step_size: float = 2 / 255
     train_attack_steps: int = 10
     train_step_size: float = None
+    val_attack_steps: int = None
     reweight: bool = None
     epochs: int = None
     steps_per_epoch: int = None
@@ -70,6 +73,13 @@ class MethodContext:
                       seed=self.seed)
         kwargs.update(overrides)
         return PGD(**kwargs)
+
+    def validation_attack(self):
+        """The PGD of each epoch's validation (``test_step``): ``val_attack_steps``
+        steps of ``step_size``, or the training attack when ``val_attack_steps`` is unset."""
+        if self.val_attack_steps is None:
+            return self.attack()
+        return self.attack(steps=self.val_attack_steps, step_size=self.step_size)
 
 
 class MethodDeclaration:
@@ -120,8 +130,8 @@ class MethodDeclaration:
         """Builds the trainer from setting values (by name) and a :class:`MethodContext`.
 
         Returns ``(trainer, record)``: ``record`` holds every setting, the
-        resolved ``reweight`` where it applies and the training attack's
-        configuration, for ``metrics.json``.
+        resolved ``reweight`` where it applies, and the training attack's and the
+        validation attack's configurations, for ``metrics.json``.
         """
         cls.check_inputs(teacher, train_labels, context)
         values = cls.setting_values(**settings)
@@ -140,7 +150,9 @@ class MethodDeclaration:
         if "seed" in accepted:
             kwargs["seed"] = context.seed
         kwargs.update({f: getattr(context, f) for f in cls.NEEDS_CONTEXT})
-        kwargs.update(weight_decay=context.weight_decay, eval_attack=context.attack())
+        eval_attack = context.validation_attack()
+        record["validation_attack"] = eval_attack.get_config()
+        kwargs.update(weight_decay=context.weight_decay, eval_attack=eval_attack)
         networks = (student, teacher) if cls.NEEDS_TEACHER else (student,)
         return cls(*networks, **kwargs), record
 

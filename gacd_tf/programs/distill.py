@@ -65,8 +65,9 @@ def define_flags():
                              "distillation (PGD-AT of the whole student).", lower_bound=0)
     flag_core.DEFINE_float("aft_learning_rate", 0.01, "AFT learning rate (constant).",
                            lower_bound=0.0)
-    data_flags.define_validation_flags(500, "attacked after each epoch with the evaluation "
-                                   "attack and logged as val_*")
+    data_flags.define_validation_flags(500, "attacked after each epoch (distillation and "
+                                   "AFT) by PGD of --attack_steps steps at --step_size, "
+                                   "whatever --attack is, and logged as val_*")
     flag_core.DEFINE_bool("augment", True, "Pad-4 random crop + horizontal flip.")
     flag_core.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
     common.define_checkpoint_flags()
@@ -145,7 +146,9 @@ def main(argv):
             os.makedirs(os.path.dirname(before_path), exist_ok=True)
             common.write_json(before_path, result["before_aft"])
         with strategy.scope():
-            aft = AdversarialTrainer(student, attack=method_flags.context_from_flags().attack(),
+            context = method_flags.context_from_flags()
+            aft = AdversarialTrainer(student, attack=context.attack(),
+                                     eval_attack=context.validation_attack(),
                                      weight_decay=FLAGS.weight_decay)
             aft.compile(optimizer=common.optimizer_from_flags(
                 steps_per_epoch, epochs=FLAGS.aft_epochs,

@@ -60,12 +60,14 @@ def method_class():
 
 def context_from_flags(steps_per_epoch=None):
     """The :class:`gacd_tf.methods.MethodContext` of the flags (its ``attack()`` is
-    the training PGD of ARD, AFT and the peer methods); ``epochs`` is ``--epochs``."""
+    the training PGD of ARD, AFT and the peer methods, its ``validation_attack()``
+    the evaluation PGD's ``--attack_steps`` at ``--step_size``); ``epochs`` is
+    ``--epochs``."""
     return MethodContext(
         epochs=FLAGS.epochs, steps_per_epoch=steps_per_epoch, seed=FLAGS.seed, weight_decay=FLAGS.weight_decay,
         eps=FLAGS.eps, norm=FLAGS.norm, step_size=FLAGS.step_size,
         train_attack_steps=FLAGS.train_attack_steps, train_step_size=FLAGS.train_step_size,
-        reweight=FLAGS.reweight)
+        val_attack_steps=FLAGS.attack_steps, reweight=FLAGS.reweight)
 
 
 def method_from_flags(student, teacher, train_labels, steps_per_epoch):
