@@ -90,7 +90,10 @@ class _ProgramServer:
         """The running server, started if needed; None if it cannot fork here."""
         if cls._server is None or cls._server.process.poll() is not None:
             server = cls()
-            ready = server._answer(time.monotonic() + cls.START_SECONDS)
+            try:
+                ready = server._answer(time.monotonic() + cls.START_SECONDS)
+            except RuntimeError:  # it ended before its first answer
+                ready = None
             if not (ready or {}).get("ready"):
                 server.close()
                 cls.unusable = (ready or {}).get("why") or "it did not start"
@@ -101,9 +104,14 @@ class _ProgramServer:
         return cls._server
 
     def __init__(self):
+        import gacd_tf
+
         here = os.path.dirname(os.path.abspath(__file__))
+        library = os.path.dirname(os.path.dirname(os.path.abspath(gacd_tf.__file__)))
         # Its own folder, whatever the test's working folder: each request gives its own.
-        self.process = subprocess.Popen([sys.executable, "program_server.py"], cwd=here,
+        # It imports the library this process imported, installed or not.
+        self.process = subprocess.Popen([sys.executable, "program_server.py", library],
+                                        cwd=here,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         env=self._ENV)
         self.buffer = b""

@@ -57,7 +57,15 @@ def _imports():
     return printed
 
 
-_PRINTED = _imports()
+# The library the tests imported (its folder is the first argument), whether or not
+# it is installed: the children then run the code under test.
+if len(sys.argv) > 1:
+    sys.path.insert(1, sys.argv[1])
+try:
+    _PRINTED = _imports()
+    _IMPORT_ERROR = ""
+except Exception as error:  # noqa: BLE001  (said in the first answer; runs go fresh)
+    _PRINTED, _IMPORT_ERROR = (b"", b""), f"the imports failed: {error!r}"
 
 # A program module imported here would make runpy warn on stderr when it runs
 # it again as __main__ (programs define their flags only under __main__).
@@ -133,7 +141,7 @@ def _wait(pid, timeout):
 def main():
     import runpy
 
-    why = _why_not_forkable()
+    why = _IMPORT_ERROR or _why_not_forkable()
     _ANSWERS.write(json.dumps({"ready": not why, "why": why}) + "\n")
     if why:
         return
