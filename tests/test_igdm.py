@@ -1,7 +1,8 @@
 """IGDM (gacd_tf/methods/igdm.py): its loss and ramp against NumPy re-derivations of the
 official igdm.py, one training step against the same step taken by hand, the inner
-attack's settings (AdaAD's by default, the official call's through flags), the inputs
-it needs, and gacd-distill --method=igdm end to end."""
+attack's settings (AdaAD's by default, the official call's through flags) and its
+iterates against a NumPy re-derivation, the inputs it needs, and gacd-distill
+--method=igdm end to end."""
 
 import json
 
@@ -148,3 +149,49 @@ def test_gacd_distill_runs_the_paper_normaliser_end_to_end(tmp_path):
     # Validated after the epoch with the evaluation PGD (--attack_steps), not the training one.
     assert metrics["settings"]["validation_attack"]["steps"] == 2
     assert "val_adv_accuracy" in (out / "distill_log.csv").read_text().splitlines()[0]
+
+
+def linear(seed, name):
+    """4x4x3 images -> flatten ("features") -> logits: the input gradient is analytic."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4, 4, 3))
+    features = keras.layers.Flatten(name="features")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3, name="logits")(features), name=name)
+
+
+def numpy_inner_attack(w_s, b_s, w_t, b_t, x, start, eps, step, steps):
+    """The official adaad_inner_loss iterates for linear networks (float64): sign ascent of
+    KL(softmax(t(x')) || softmax(s(x'))), the gradient through both networks, from the
+    unclipped start, each iterate projected onto the eps-ball and [0, 1]."""
+    shape, flat, x_adv = x.shape, x.reshape(len(x), -1), start.reshape(len(x), -1)
+    for _ in range(steps):
+        s, t = x_adv @ w_s + b_s, x_adv @ w_t + b_t
+        log_q, log_p = log_softmax(s), log_softmax(t)
+        p, q = np.exp(log_p), np.exp(log_q)
+        d = log_p - log_q
+        kl = (p * d).sum(-1, keepdims=True)
+        # dKL/ds = q - p; dKL/dt = p (d - KL) (the softmax Jacobian of sum p d).
+        grad = (q - p) @ w_s.T + (p * (d - kl)) @ w_t.T
+        x_adv = np.clip(np.clip(x_adv + step * np.sign(grad), flat - eps, flat + eps), 0.0, 1.0)
+    return x_adv.reshape(shape)
+
+
+def test_inner_attack_iterates_equal_a_numpy_re_derivation():
+    student, teacher = linear(1, "student"), linear(2, "teacher")
+    context = MethodContext(epochs=2, steps_per_epoch=1, seed=5, train_attack_steps=5,
+                            train_step_size=2 / 255, eps=4 / 255)
+    trainer, _ = METHODS.get("igdm").from_settings(student, teacher, {}, context)
+    attack, starts = trainer.attack, []
+    start = attack.start
+    attack.start = lambda z: starts.append(start(z)) or starts[-1]  # records the noise
+    # Near black, so [0, 1] clips; 5 steps of 2/255 in a 4/255 ball, so the ball clips.
+    x = np.random.default_rng(0).uniform(0, 0.02, (6, 4, 4, 3)).astype("float32")
+    got = attack(trainer.student_and_teacher, tf.constant(x), None).numpy()
+    x0 = starts[0].numpy().astype("float64")
+    assert (x0 < 0).any(), "the start should leave [0, 1] (the first gradient is taken there)"
+    (w_s, b_s), (w_t, b_t) = ([v.numpy().astype("float64") for v in m.get_layer("logits").weights]
+                              for m in (student, teacher))
+    want = numpy_inner_attack(w_s, b_s, w_t, b_t, x.astype("float64"), x0, 4 / 255, 2 / 255, 5)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert np.abs(got - x).max() == pytest.approx(4 / 255, abs=1e-6)  # the ball binds
+    assert (got == 0).any()  # so does the box
