@@ -109,7 +109,8 @@ def controls(folder, dataset, teachers, students):
         for student in students:
             for suffix, (method, extra) in CONTROLS.items():
                 if suffix == "ard_code" and dataset == "cifar100":
-                    extra = [*extra, "--batch_size=256"]
+                    extra = [*extra, "# Batch 256 on CIFAR-100, as its code runs.",
+                             "--batch_size=256"]
                 # ARD's code row has its own recipe (METHOD_FLAGS' ARD comment says
                 # 5e-4 is ours, which this row replaces).
                 files.append(cell(folder, dataset, teacher, student, method, extra,

@@ -18,7 +18,9 @@ for each request ``{"id", "module", "args", "env", "cwd", "stdout", "stderr",
 "timeout"}`` one answer ``{"id", "returncode", "timed_out"}``. The server kills
 the child's process group when the timeout passes, and reaps it before it
 answers. Differences from a fresh interpreter that remain: the children share
-this process's hash seed, and the modules imported here are not imported again.
+this process's hash seed, the modules imported here are not imported again, and
+where the library is not installed its folder stays on their ``sys.path`` (a
+fresh run from another working folder would not find it).
 ``program_helpers.run_program`` is the client.
 """
 
@@ -58,8 +60,9 @@ def _imports():
 
 
 # The library the tests imported (its folder is the first argument), whether or not
-# it is installed: the children then run the code under test.
-if len(sys.argv) > 1:
+# it is installed: the children then run the code under test. Added only where the
+# path does not already find it (an installed copy's site-packages stays in place).
+if len(sys.argv) > 1 and sys.argv[1] not in sys.path:
     sys.path.insert(1, sys.argv[1])
 try:
     _PRINTED = _imports()

@@ -101,6 +101,20 @@ def test_validation_attacks_with_the_evaluation_pgd_not_the_training_attack():
     assert (if_unset.steps, if_unset.step_size) == (5, 4 / 255)  # the training attack
 
 
+def test_aft_validates_with_the_evaluation_pgd_and_resumes_its_older_checkpoints():
+    from gacd_tf.programs.distill import aft_trainer
+    from gacd_tf.training.training_checkpoint import find_seed_generators
+
+    context = MethodContext(seed=3, step_size=2 / 255, train_attack_steps=5,
+                            train_step_size=4 / 255, val_attack_steps=20)
+    aft = aft_trainer(tiny(0), context, 5e-4)
+    assert (aft.attack.steps, aft.attack.step_size) == (5, 4 / 255)
+    assert (aft.eval_attack.steps, aft.eval_attack.step_size) == (20, 2 / 255)
+    # The one generator an AFT checkpoint held when AFT validated with its training
+    # attack (a second one would refuse to resume those runs).
+    assert list(find_seed_generators(aft)) == ["attack.seed_generator"]
+
+
 def test_holdout_is_class_balanced_disjoint_and_deterministic():
     labels = np.random.default_rng(0).permutation(np.arange(200) % 10)
     train, val = holdout_indices(labels, 10, 30, None)

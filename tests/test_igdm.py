@@ -141,14 +141,17 @@ def test_gacd_distill_runs_the_paper_normaliser_end_to_end(tmp_path):
         "distill", "--method=gacd", "--nce_normaliser=paper", "--nce_k=4", "--embed_dim=8",
         f"--teacher={tmp_path / 'teacher.keras'}", "--arch=resnet8",
         f"--data_dir={tmp_path / 'data'}", "--epochs=1", "--batch_size=8",
-        "--train_attack_steps=1", "--attack_steps=2", "--val_examples=10",
+        "--train_attack_steps=1", "--attack_steps=2", "--val_examples=10", "--aft_epochs=1",
         f"--model_dir={out}", "--verbose=0")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["settings"]["nce_normaliser"] == "paper"
-    # Validated after the epoch with the evaluation PGD (--attack_steps), not the training one.
+    # Validated after each epoch, distillation and AFT, with the evaluation PGD
+    # (--attack_steps), not the training attack.
     assert metrics["settings"]["validation_attack"]["steps"] == 2
-    assert "val_adv_accuracy" in (out / "distill_log.csv").read_text().splitlines()[0]
+    assert metrics["aft_validation_attack"]["steps"] == 2
+    for log in ("distill_log.csv", "aft_log.csv"):
+        assert "val_adv_accuracy" in (out / log).read_text().splitlines()[0], log
 
 
 def linear(seed, name):

@@ -10,7 +10,7 @@ epoch and every --checkpoint_every_steps: student, embedding heads, GACD
 memory bank and Z, optimizer, random generators; started again with the same
 flags, a killed run resumes from them), metrics.json (natural and PGD robust
 accuracy of the final student, and of the distilled one before AFT, plus the
-method's settings; with --final_autoattack_examples=N also their AutoAttack
+method's settings, the validation attack among them, and aft_validation_attack; with --final_autoattack_examples=N also their AutoAttack
 figures under "autoattack"; GACD adds bank_cross_class_cosine, the collapse
 detector of its student bank after distillation, and
 bank_centred_within_class_cosine, the class structure left in it once its
@@ -146,16 +146,14 @@ def main(argv):
             os.makedirs(os.path.dirname(before_path), exist_ok=True)
             common.write_json(before_path, result["before_aft"])
         with strategy.scope():
-            context = method_flags.context_from_flags()
-            aft = AdversarialTrainer(student, attack=context.attack(),
-                                     eval_attack=context.validation_attack(),
-                                     weight_decay=FLAGS.weight_decay)
+            aft = aft_trainer(student, method_flags.context_from_flags(), FLAGS.weight_decay)
             aft.compile(optimizer=common.optimizer_from_flags(
                 steps_per_epoch, epochs=FLAGS.aft_epochs,
                 learning_rate=FLAGS.aft_learning_rate, lr_schedule="constant"))
         phase = common.fit_phase(aft, data, model_dir, "aft", FLAGS.aft_epochs, model_path,
                                  seed_offset=1)
         resumed["aft"], seconds["aft"] = phase["resumed_from"], phase["train_seconds"]
+        result["aft_validation_attack"] = aft.eval_attack.get_config()
 
     logging.info("evaluating %s on %d test examples", model_path, len(data.test.labels))
     # A fresh attack (same seed) per evaluation: a run resumed after the
@@ -175,6 +173,22 @@ def main(argv):
                   teacher_unchanged=teacher_unchanged)
     common.write_json(metrics_path, result)
     common.print_result(result, prefix=f"{FLAGS.method}{'+aft' if FLAGS.aft_epochs else ''}: ")
+
+
+def aft_trainer(student, context, weight_decay):
+    """AFT: PGD-AT of the whole student with the context's training attack, validated
+    with its ``validation_attack()``.
+
+    The validation attack draws its random starts from the training attack's
+    generator, as when AFT validated with its training attack (before
+    ``MethodContext.val_attack_steps``): so the trainer holds the one generator
+    an AFT checkpoint of that code saved (it resumes), and the training draws are
+    those of that code.
+    """
+    attack, eval_attack = context.attack(), context.validation_attack()
+    eval_attack.seed_generator = attack.seed_generator
+    return AdversarialTrainer(student, attack=attack, eval_attack=eval_attack,
+                              weight_decay=weight_decay)
 
 
 def entry_point():
