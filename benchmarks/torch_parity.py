@@ -74,8 +74,9 @@ relative: above both effects; it catches a difference the size of the
 optimizer's momentum form and late decay, 2.8e-2 in a loss, but not the
 smaller ones this script found: ARD's start 2e-3, TRADES' start 5.4e-4 and
 pass order 2.9e-4, which only ``--dtype=float64`` tells from round-off, so
-float64 is the comparison that proves a step) and the final weights are within ``max(--weight_tolerance,
---roundoff_factor x PyTorch's own float32-vs-float64 distance)`` (0.2 and
+float64 is the comparison that proves a step) and the final weights are
+within ``max(--weight_tolerance, --roundoff_factor x PyTorch's own
+float32-vs-float64 distance)`` (0.2 and
 5: the weight figure is the largest, over tensors, of ``max|ours - ref|``
 relative to how far the reference moved that tensor, which round-off alone
 takes to O(1) where an attack flips signs). The methods whose attack runs

@@ -93,7 +93,8 @@ class IGDMDistiller(Distiller):
     the inner attack with ``step_size=8/255`` and ``epsilon=2/255``, the reverse
     of AdaAD's defaults; our default is AdaAD's (step 2/255, eps 8/255, from
     ``--train_step_size`` and ``--eps``), and ``--igdm_eps=0.00784313725`` with
-    ``--train_step_size=0.0313725490`` gives the code's (the ``flags/table*/*_igdm_code.cfg`` rows).
+    ``--train_step_size=0.0313725490`` gives the code's (the
+    ``flags/table*/*_igdm_code.cfg`` rows).
     Official schedule: 200 epochs, SGD lr 0.1 momentum 0.9, x0.1 at epochs 100
     and 150, weight decay 2e-4, batch 128, ``igdm_alpha`` 1.
 

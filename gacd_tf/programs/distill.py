@@ -10,9 +10,10 @@ epoch and every --checkpoint_every_steps: student, embedding heads, GACD
 memory bank and Z, optimizer, random generators; started again with the same
 flags, a killed run resumes from them), metrics.json (natural and PGD robust
 accuracy of the final student, and of the distilled one before AFT, plus the
-method's settings, the validation attack among them, and aft_validation_attack; with --final_autoattack_examples=N also their AutoAttack
-figures under "autoattack"; GACD adds bank_cross_class_cosine, the collapse
-detector of its student bank after distillation, and
+method's settings, its validation attack among them, and AFT's
+(aft_validation_attack); with --final_autoattack_examples=N also their
+AutoAttack figures under "autoattack"; GACD adds bank_cross_class_cosine,
+the collapse detector of its student bank after distillation, and
 bank_centred_within_class_cosine, the class structure left in it once its
 rows' mean is removed; two-sided, the same of the teacher bank),
 distill_log.csv / aft_log.csv and TensorBoard logs in logs/distill and
