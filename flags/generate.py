@@ -383,7 +383,7 @@ def reproduce_files():
         "converge: ResNet-20 PGD-AT teacher (30 epochs), ResNet-8 students for 30 epochs (+2",
         "of AFT where the row has it), the peers with their official recipes, 3 seeds; PGD-20",
         "on a class-balanced 2,000 test images, AutoAttack on 500. Many hours on 2 cores",
-        "(docs/results.md gives the measured time); stop and start it again at will."],
+        "(docs/results.md gives its measured cost); stop and start it again at will."],
         [0, 1, 2], [("", f"{long}/teacher.cfg", [
             *with_controls("", [
                 ("natural+AFT", f"{long}/natural_aft.cfg", None),
