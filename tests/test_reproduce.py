@@ -352,9 +352,14 @@ def test_good_shard_flags_pass():
 
 
 def test_a_bad_shard_flag_stops_the_program_with_one_error_line(tmp_path):
-    # The validator is wired to the flag (this program starts without TensorFlow: fast).
-    result = reproduce_cli("--grid=flags/reproduce/smoke.cfg", f"--output_dir={tmp_path}/o",
-                           "--shard=3/2", timeout=60)
+    # The validator is wired to the flag. A fresh interpreter, not the program server:
+    # this program starts without TensorFlow (fast), and the server's children print
+    # what its TensorFlow import printed first (TensorFlow 2.21 writes its oneDNN line
+    # to stderr whatever TF_CPP_MIN_LOG_LEVEL says), as no fresh run of it would.
+    result = subprocess.run(
+        [sys.executable, "-m", "gacd_tf.programs.reproduce", "--grid=flags/reproduce/smoke.cfg",
+         f"--output_dir={tmp_path}/o", "--shard=3/2"],
+        capture_output=True, text=True, timeout=60, env=program_env(), cwd=ROOT)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: --shard=3/2: I must be 0 to N-1 (here 0 to 1) (fix the flag; --helpshort "
