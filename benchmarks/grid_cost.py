@@ -7,11 +7,12 @@ of one training epoch, of AFT and of the rest (start-up, the final PGD and
 AutoAttack evaluations), and projects the wall time of the whole grid:
 epochs x (seconds of one epoch) + AFT + the rest, for every seed.
 
-The projection leaves out one thing it cannot measure here: AutoAttack
+The projection errs both ways. A one-epoch run's training seconds hold the
+phase's one-off costs (tracing, the first checkpoint), which it multiplies
+by the epochs (compare Keras' epoch line in the run's log). And AutoAttack
 spends its passes on the points still robust, so the final evaluation of a
 trained, more robust model takes longer than that of the one-epoch model
-measured (the teacher's row shows the scale: its evaluation includes a
-more robust model's). Read the total as a lower bound of that part.
+measured.
 
 The one-epoch runs go to ``--output_dir`` (resumable as gacd-reproduce's:
 a finished run is skipped), not to the grid's own folder.
@@ -77,10 +78,18 @@ def projection(grid, output_dir, data_dir=None):
 
     real = {r["key"]: r for r in reproduce.planned_runs(grid, output_dir, data_dir)}
     probe = dataclasses.replace(grid, seeds=grid.seeds[:1])
-    ledger = json.load(open(os.path.join(output_dir, reproduce.LEDGER)))
+    ledger_path = os.path.join(output_dir, reproduce.LEDGER)
+    if not os.path.exists(ledger_path):
+        raise app.UsageError(f"no one-epoch runs in {output_dir} ({reproduce.LEDGER} is "
+                             "missing): run without --measure_only first")
+    ledger = json.load(open(ledger_path))
     rows, total = [], 0.0
     for run in reproduce.planned_runs(probe, output_dir, data_dir):
-        metrics = json.load(open(os.path.join(run["model_dir"], "metrics.json")))
+        path = os.path.join(run["model_dir"], "metrics.json")
+        if run["key"] not in ledger or not os.path.exists(path):
+            raise app.UsageError(f"{run['name']} has not finished its one epoch in "
+                                 f"{output_dir}: run without --measure_only")
+        metrics = json.load(open(path))
         cost = run_cost(metrics, ledger[run["key"]], full_epochs(real[run["key"]]["command"][3:]))
         copies = 1 if run["kind"] == "teacher" else len(grid.seeds)
         total += copies * cost["projected_seconds"]
@@ -110,8 +119,8 @@ def main(argv):
         print(f"{r['name']:<34}{r['epochs']:>7}{r['epoch_seconds']:>9.1f}"
               f"{r['aft_seconds']:>8.1f}{r['rest_seconds']:>8.0f}"
               f"{r['projected_seconds'] / 3600:>8.2f}{r['copies']:>3}")
-    print(f"projected wall time of the grid: {total / 3600:.1f} h (the final AutoAttack "
-          "of trained models takes longer than measured here: a lower bound of that part)")
+    print(f"projected wall time of the grid: {total / 3600:.1f} h (high by the one-off "
+          "costs in the one-epoch seconds; low by the longer AutoAttack of trained models)")
 
 
 if __name__ == "__main__":
