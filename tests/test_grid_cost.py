@@ -49,10 +49,15 @@ def test_projection_counts_the_teacher_once_and_each_row_per_seed(grid_cost, tmp
         f"flagfile = {tmp_path / 'teacher.cfg'}\n\n[methods]\n"
         f"A+AFT = {tmp_path / 'a.cfg'}\nA = before_aft of A+AFT\n")
     grid, out = reproduce.read_grid(str(grid_path)), tmp_path / "runs"
+    with pytest.raises(grid_cost.app.UsageError, match="no one-epoch runs"):
+        grid_cost.projection(grid, str(out))
     # One-epoch runs of seed 0 as grid_cost leaves them: metrics.json and the ledger.
     for folder, train in (("teacher", 3.0), ("a_plus_aft/seed0", {"distill": 2.0, "aft": 5.0})):
         os.makedirs(out / folder)
         (out / folder / "metrics.json").write_text(json.dumps({"train_seconds": train}))
+    (out / reproduce.LEDGER).write_text(json.dumps({"teacher": 10.0}))
+    with pytest.raises(grid_cost.app.UsageError, match="A\\+AFT seed 0 has not finished"):
+        grid_cost.projection(grid, str(out))  # the student's ledger entry is still missing
     (out / reproduce.LEDGER).write_text(json.dumps({"teacher": 10.0, "a_plus_aft/seed0": 9.0}))
     rows, total = grid_cost.projection(grid, str(out))
     assert [(r["name"], r["epochs"], r["copies"]) for r in rows] == [
