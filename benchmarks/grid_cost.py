@@ -72,12 +72,18 @@ def run_cost(metrics, wall_seconds, epochs):
             "rest_seconds": rest, "projected_seconds": epochs * epoch + aft + rest}
 
 
+def probe_grid(grid):
+    """The grid that measures ``grid``: its first seed only, ``--epochs=1`` after every flag."""
+    return dataclasses.replace(grid, seeds=grid.seeds[:1],
+                               extra_args=[*grid.extra_args, "--epochs=1"])
+
+
 def projection(grid, output_dir, data_dir=None):
     """Per run of the first seed, :func:`run_cost`; and the grid's projected total."""
     from gacd_tf.programs import reproduce
 
     real = {r["key"]: r for r in reproduce.planned_runs(grid, output_dir, data_dir)}
-    probe = dataclasses.replace(grid, seeds=grid.seeds[:1])
+    probe = probe_grid(grid)
     ledger_path = os.path.join(output_dir, reproduce.LEDGER)
     if not os.path.exists(ledger_path):
         raise app.UsageError(f"no one-epoch runs in {output_dir} ({reproduce.LEDGER} is "
@@ -104,12 +110,10 @@ def main(argv):
     if not FLAGS.grid or not FLAGS.output_dir:
         raise app.UsageError("--grid and --output_dir are required")
     grid = reproduce.read_grid(FLAGS.grid)
-    probe = dataclasses.replace(grid, seeds=grid.seeds[:1],
-                                extra_args=[*grid.extra_args, "--epochs=1"])
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     if not FLAGS.measure_only:
-        reproduce.execute(reproduce.planned_runs(probe, FLAGS.output_dir, FLAGS.data_dir),
-                          FLAGS.output_dir)
+        reproduce.execute(reproduce.planned_runs(probe_grid(grid), FLAGS.output_dir,
+                                                 FLAGS.data_dir), FLAGS.output_dir)
     rows, total = projection(grid, FLAGS.output_dir, FLAGS.data_dir)
     print(f"\n{FLAGS.grid}: one epoch of each run measured (seed {grid.seeds[0]}), "
           f"projected to the grid's epochs and {len(grid.seeds)} seed(s)")

@@ -65,3 +65,22 @@ def test_projection_counts_the_teacher_once_and_each_row_per_seed(grid_cost, tmp
     teacher = 20 * 3.0 + (10.0 - 3.0)
     student = 10 * 2.0 + 5.0 + (9.0 - 2.0 - 5.0)
     assert total == pytest.approx(teacher + 3 * student)
+
+
+def test_the_probe_grid_runs_the_first_seed_for_one_epoch(grid_cost, tmp_path):
+    (tmp_path / "teacher.cfg").write_text("--epochs=20\n")
+    (tmp_path / "a.cfg").write_text("--epochs=10\n--aft_epochs=1\n")
+    grid_path = tmp_path / "grid.cfg"
+    grid_path.write_text(
+        "[grid]\nseeds = 3, 4\nextra_args = --verbose=2\n\n[teacher]\n"
+        f"flagfile = {tmp_path / 'teacher.cfg'}\n\n[methods]\nA+AFT = {tmp_path / 'a.cfg'}\n")
+    grid = reproduce.read_grid(str(grid_path))
+    probe = grid_cost.probe_grid(grid)
+    assert (grid.seeds, grid.extra_args) == ([3, 4], ["--verbose=2"])  # left as it was
+    runs = reproduce.planned_runs(probe, str(tmp_path / "runs"))
+    assert [r["name"] for r in runs] == ["teacher", "A+AFT seed 3"]
+    for run in runs:
+        assert "--verbose=2" in run["command"]
+        assert grid_cost.full_epochs(run["command"][3:]) == 1, run["name"]
+    full = reproduce.planned_runs(grid, str(tmp_path / "runs"))
+    assert [grid_cost.full_epochs(r["command"][3:]) for r in full] == [20, 10, 10]
