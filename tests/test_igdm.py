@@ -6,6 +6,7 @@ iterates against a NumPy re-derivation, the inputs it needs, and gacd-distill
 
 import json
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -146,6 +147,15 @@ def test_gacd_distill_runs_the_paper_normaliser_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["settings"]["nce_normaliser"] == "paper"
+    # No Z in the loss: the bank's Z (its vars log_z, z_is_set) was never set, as the
+    # distillation's last checkpoint holds it (with crd, z_is_set is 1 after the first step).
+    [checkpoint] = (out / "checkpoints" / "distill").glob("*.weights.h5")
+    with h5py.File(checkpoint, "r") as saved:
+        banks = [saved[f"layers/{name}/vars"] for name in saved["layers"]
+                 if name.startswith("memory_bank")]
+        assert banks, list(saved["layers"])
+        z = [(float(b["1"][()]), float(b["2"][()])) for b in banks]  # (log_z, z_is_set)
+    assert z == [(0.0, 0.0)] * len(banks)
     # Validated after each epoch, distillation and AFT, with the evaluation PGD
     # (--attack_steps), not the training attack.
     assert metrics["settings"]["validation_attack"]["steps"] == 2
