@@ -95,18 +95,28 @@ def test_fit_reports_finite_metrics_and_writes_checkpoints(tmp_path, trades_beta
 def test_trades_loss_is_ce_plus_beta_kl():
     x, y, _ = tiny_data(8)
     model = tiny_model(seed=2)
-    # Fixed perturbation: the attack with 0 steps and no start returns x, so KL = 0 ...
-    trainer = AdversarialTrainer(model, attack=PGD(steps=0, random_start=False), trades_beta=6.0,
-                                 weight_decay=0.0)
-    trainer.compile(optimizer=keras.optimizers.SGD(0.0))
-    logs = trainer.train_on_batch(x, y, return_dict=True)
-    ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, model(x))).numpy()
-    np.testing.assert_allclose(logs["loss"], ce, rtol=1e-5)
-    # ... and with a real attack the KL term makes the loss larger than the clean CE.
-    trainer = AdversarialTrainer(model, attack=PGD(steps=2, seed=0), trades_beta=6.0,
-                                 weight_decay=0.0)
-    trainer.compile(optimizer=keras.optimizers.SGD(0.0))
-    assert trainer.train_on_batch(x, y, return_dict=True)["loss"] > ce + 1e-4
+    logits = model.get_layer("logits")
+    logits.kernel.assign(50.0 * logits.kernel)  # logits of several units, not of 0.2
+    trainer = AdversarialTrainer(model, attack=PGD(steps=2), trades_beta=6.0, weight_decay=0.0)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.0), run_eagerly=True)
+    # A fixed perturbation in place of the attack, recording the target it is given.
+    delta = np.random.default_rng(1).choice([-0.5, 0.5], x.shape).astype("float32")
+    x_adv, targets = np.clip(x + delta, 0.0, 1.0), []
+    trainer.attack = lambda model, images, target: targets.append(target) or tf.constant(x_adv)
+    loss = trainer.train_on_batch(x, y, return_dict=True)["loss"]
+
+    def log_softmax(z):
+        z = z.astype("float64") - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    log_p_nat, log_p_adv = log_softmax(model(x).numpy()), log_softmax(model(x_adv).numpy())
+    ce = -log_p_nat[np.arange(len(y)), y].mean()
+    # KL(p_nat || p_adv), summed over classes, averaged over the batch (trades.py:82-84).
+    kl = (np.exp(log_p_nat) * (log_p_nat - log_p_adv)).sum(-1).mean()
+    assert kl > 0.01  # the perturbation moves the prediction, so beta matters
+    np.testing.assert_allclose(loss, ce + 6.0 * kl, rtol=1e-5)
+    # The attack ascends KL away from the clean prediction, given as probabilities.
+    np.testing.assert_allclose(targets[0], np.exp(log_p_nat), atol=1e-6)
 
 
 def bn_model(seed=0):
