@@ -161,23 +161,29 @@ def test_square_on_a_none_export_equals_square_on_the_keras_model(trained):
 
 
 class Brightness:
-    """Class 1 if an image's mean pixel is above 0.5, else class 0 (tf ops, no weights)."""
+    """Class 1 if an image's mean pixel is above ``threshold``, else class 0 (tf ops, no
+    weights)."""
 
     input_shape, output_shape = (None, 2, 2, 3), (None, 2)
 
+    def __init__(self, threshold=0.5):
+        self.threshold = threshold
+
     def __call__(self, x, training=False):
         mean = tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2, 3])
-        return tf.stack([0.5 - mean, mean - 0.5], axis=1)
+        return tf.stack([self.threshold - mean, mean - self.threshold], axis=1)
 
 
-class Brighten:
-    """An 'attack' that adds 0.2 to every pixel (plain callable: no perturb)."""
+class AcrossTheBoundary:
+    """An 'attack' that moves every pixel 0.2 towards the other class of the model it is
+    given (plain callable: no perturb), so its examples tell which model it attacked."""
 
     def __call__(self, model, x, y):
-        return tf.clip_by_value(x + 0.2, 0.0, 1.0)
+        predicted = tf.cast(tf.argmax(model(x), axis=1), tf.float32)
+        return tf.clip_by_value(x + 0.2 * (1.0 - 2.0 * predicted)[:, None, None, None], 0, 1)
 
     def get_config(self):
-        return {"attack": "brighten"}
+        return {"attack": "across_the_boundary"}
 
 
 def test_transfer_counts_only_points_correct_on_the_clean_image():
@@ -195,15 +201,29 @@ def test_transfer_counts_only_points_correct_on_the_clean_image():
     np.testing.assert_array_equal(counts["robust"], [False, True, False, True])
     assert counts["robust_accuracy"] == 0.5 and counts["natural_accuracy"] == 0.75
 
+
+def test_transfer_attacks_the_source_and_counts_on_the_target():
+    # mean, label -> source (0.42) predicts, x_adv (made on the source), source right on
+    # clean / on x_adv; target (0.5) right on clean / on x_adv, robust on the target
+    # 0.40, 1 -> 0, 0.60: no / yes; no / yes, no
+    # 0.60, 1 -> 1, 0.40: yes / no; yes / no, no
+    # 0.45, 0 -> 1, 0.25: no / yes; yes / yes, yes
+    # 0.05, 0 -> 0, 0.25: yes / yes; yes / yes, yes
+    means = np.array([0.40, 0.60, 0.45, 0.05], np.float32)
+    x = np.broadcast_to(means[:, None, None, None], (4, 2, 2, 3)).copy()
+    y = np.array([1, 1, 0, 0])
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(2)
-    result = evaluate_transfer(Brightness(), Brightness(), dataset, Brighten(), verbose=0,
-                               return_examples=True)
-    np.testing.assert_array_equal(result["robust"], [False, True, False, True])
+    result = evaluate_transfer(Brightness(0.5), Brightness(0.42), dataset, AcrossTheBoundary(),
+                               verbose=0, return_examples=True)
+    want = np.array([0.60, 0.40, 0.25, 0.25], np.float32)  # made on the target: .65 third
+    np.testing.assert_allclose(result["x_adv"], np.broadcast_to(want[:, None, None, None],
+                                                                x.shape), atol=1e-6)
+    np.testing.assert_array_equal(result["clean_correct"], [False, True, True, True])
+    np.testing.assert_array_equal(result["robust"], [False, False, True, True])
     assert result["robust_accuracy"] == 0.5 and result["natural_accuracy"] == 0.75
-    np.testing.assert_allclose(result["x_adv"], np.clip(x + 0.2, 0, 1))
-    # The source's own white-box figures come with it (here the same model).
-    assert result["source"]["natural_accuracy"] == 0.75
-    assert result["source"]["robust_accuracy"] == 0.5
+    # The source's own white-box figures come with it.
+    assert result["source"]["natural_accuracy"] == 0.5
+    assert result["source"]["robust_accuracy"] == 0.25
 
 
 def test_transfer_from_the_keras_model_to_its_int8_export(trained):
@@ -211,12 +231,18 @@ def test_transfer_from_the_keras_model_to_its_int8_export(trained):
 
     x, y = trained["x_test"][:30], trained["y_test"][:30]
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(10)
+    attack = PGD(eps=0.12, step_size=0.03, steps=5, seed=0)
     result = evaluate_transfer(load_tflite(trained["paths"]["int8"]), trained["model"],
-                               dataset, PGD(eps=0.12, step_size=0.03, steps=5), verbose=0,
-                               return_examples=True)
+                               dataset, attack, verbose=0, return_examples=True)
     assert result["robust_accuracy"] <= result["natural_accuracy"]
     assert not np.any(result["robust"] & ~result["clean_correct"])
     assert np.abs(result["x_adv"] - x).max() <= 0.12 + 1e-6
+    # The examples are the white-box ones of the Keras model (the source), not the int8's.
+    white_box = evaluate_robustness(trained["model"], dataset, attack, verbose=0,
+                                    return_examples=True)
+    np.testing.assert_array_equal(result["x_adv"], white_box["x_adv"])
+    assert result["source"]["robust_accuracy"] == white_box["robust_accuracy"]
+    assert result["source"]["natural_accuracy"] == white_box["natural_accuracy"]
     print(f"int8: natural {result['natural_accuracy']:.3f}, transfer PGD "
           f"{result['robust_accuracy']:.3f}; Keras white-box {result['source']}")
 
