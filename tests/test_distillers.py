@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from gacd_tf.attacks import PGD
-from gacd_tf.errors import ModelError
+from gacd_tf.errors import ConfigError, ModelError
 from gacd_tf.methods import ARDDistiller, GACDDistiller, KDDistiller
 from tiny_models import tiny as tiny_model
 
@@ -92,13 +92,15 @@ def test_gacd_bank_rows_follow_the_momentum_formula_and_z_is_set_once():
 
 def test_gacd_live_positive_gives_the_student_gradient():
     teacher, student = tiny(1, width=6, name="teacher"), tiny(2, name="student")
-    trainer = make("gacd", student, teacher, w_ce=0.0, weight_decay=0.0)
+    # One-sided: the student's only path is the positive (two-sided, its anchor
+    # against the teacher bank would move it whatever the positive).
+    trainer = make("gacd", student, teacher, w_ce=0.0, weight_decay=0.0, nce_form="one_sided")
     trainer.compile(optimizer=keras.optimizers.SGD(0.5))
     conv_before = student.layers[1].kernel.numpy().copy()
     x, y, idx = data()
     one_step(trainer, x[:8], y[:8], idx[:8])
     # Only the NCE term trains the student here; its gradient reaches the backbone
-    # through the live e_S(x+) of the positive pair.
+    # through the live e_S(x+) of the positive pair, not a (constant) bank row.
     assert np.abs(student.layers[1].kernel.numpy() - conv_before).max() > 1e-6
 
 
@@ -107,7 +109,7 @@ def test_gacd_needs_sample_indices():
     trainer = make("gacd", student, teacher)
     trainer.compile(optimizer=keras.optimizers.SGD(0.1))
     x, y, _ = data()
-    with pytest.raises(Exception, match="index"):
+    with pytest.raises(ConfigError, match=r"GACD needs batches of \(image, label, index\)"):
         trainer.train_on_batch(x[:8], y[:8])
 
 
