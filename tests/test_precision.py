@@ -183,3 +183,13 @@ def test_robustness_is_measured_on_a_float32_twin():
     got, want = (evaluate_robustness(m, ds, attack, verbose=0) for m in (model, twin))
     assert (got["natural_accuracy"], got["robust_accuracy"]) == (
         want["natural_accuracy"], want["robust_accuracy"])
+    # The attack is handed a float32 network (PGD's own float16 path would give the
+    # same accuracies above, so ask the attack what it was given).
+    seen = []
+
+    def recording(network, images, labels):
+        seen.append({layer.compute_dtype for layer in network._flatten_layers()})
+        return images
+
+    evaluate_robustness(model, ds, recording, verbose=0)
+    assert seen and all(dtypes == {"float32"} for dtypes in seen), seen
