@@ -135,21 +135,22 @@ def test_replicas_add_their_own_rows_under_a_mirrored_strategy():
 # ---------------------------------------------------------------------------
 # The attacks' counts, derived from their code.
 
-@pytest.mark.parametrize("n_restarts", [1, 2])
-def test_apgd_ce_passes_are_the_algorithms(n_restarts):
+@pytest.mark.parametrize("n_restarts, eot_iter", [(1, 1), (2, 1), (1, 3)])
+def test_apgd_ce_passes_are_the_algorithms(n_restarts, eot_iter):
     """APGD.perturb on B points: one clean forward pass; then per run one
-    forward-backward pass at the random start (``_loss_and_gradient`` before
-    the loop) and one per iteration (``body``), n_iter of them when no point
-    breaks: forward ``B (1 + R (N + 1))``, backward ``B R (N + 1)``."""
+    gradient at the random start (``_loss_and_gradient`` before the loop) and
+    one per iteration (``body``), n_iter of them when no point breaks, each
+    of E (eot_iter) forward-backward passes: forward ``B (1 + R (N + 1) E)``,
+    backward ``B R (N + 1) E``."""
     model = tiny_cnn(seed=2)
     x = images(6, seed=3)
     y = own_labels(model, x)
     batch, n_iter = len(y), 5
     counter = PassCounter(model)
-    attack = APGD(eps=TINY_EPS, n_iter=n_iter, n_restarts=n_restarts, seed=0)
+    attack = APGD(eps=TINY_EPS, n_iter=n_iter, n_restarts=n_restarts, seed=0, eot_iter=eot_iter)
     _, robust = attack.perturb(counter, x, y)
     assert robust.numpy().all()  # no point broke: no loop stopped early
-    runs = n_restarts * (n_iter + 1)
+    runs = n_restarts * (n_iter + 1) * eot_iter
     assert counter.counts() == {"forward": batch * (1 + runs), "backward": batch * runs}
     counter.reset()  # in tf.function (a tf.while_loop per run): the same
     tf.function(attack.perturb)(counter, tf.constant(x), tf.constant(y))
