@@ -45,9 +45,11 @@ def test_negatives_cover_the_pool_uniformly():
 
 def test_negatives_with_replacement_when_k_exceeds_the_pool():
     labels = np.array([0] * 5 + [1] * 3, "int32")
-    neg = OtherClassSampler(labels, 2, seed=1)(tf.constant([0, 1]), 7).numpy()
+    neg = OtherClassSampler(labels, 2, seed=1)(tf.constant([0, 1]), 60).numpy()
+    assert neg.shape == (2, 60)  # k draws, not capped at the pool's 3 or 5 rows
     assert np.all(labels[neg[0]] == 1) and np.all(labels[neg[1]] == 0)
-    assert len(np.unique(neg[0])) <= 3
+    # With replacement over the whole pool (60 draws miss a row with odds under 1e-5).
+    assert set(neg[0]) == {5, 6, 7} and set(neg[1]) == {0, 1, 2, 3, 4}
 
 
 def test_sampler_refuses_bad_labels():
