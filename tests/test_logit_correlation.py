@@ -42,9 +42,13 @@ def test_adversarial_correlation_uses_the_attacked_logits():
 
 
 def test_difference_is_zero_for_the_same_model_and_positive_otherwise():
-    ds, _, _ = dataset()
+    ds, x, _ = dataset()
     teacher, student = tiny(1, batch_norm=False), tiny(2, batch_norm=False)
     same, mean_same = correlation_difference(teacher, teacher, ds)
     assert mean_same == 0.0 and same.shape == (3, 3)
     diff, mean = correlation_difference(teacher, student, ds)
-    assert mean > 1e-3 and np.isclose(mean, diff.mean())
+    # |corr_T - corr_S| entry by entry, from the hand computation.
+    want = np.abs(pearson(teacher(x).numpy().astype(np.float64))
+                  - pearson(student(x).numpy().astype(np.float64)))
+    np.testing.assert_allclose(diff, want, atol=1e-6)
+    assert mean > 1e-3 and np.isclose(mean, want.mean())
