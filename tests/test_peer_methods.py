@@ -2,7 +2,8 @@
 re-derivations of the official code's formulas, their adversarial examples stay in
 the threat model and raise the inner objective, a mirrored step equals a
 single-device step, a killed run resumes to the uninterrupted result, and
-gacd-distill runs each end to end and lists its flags."""
+gacd-distill runs each end to end and lists its flags. A training step of KD, ARD,
+RSLAD and AdaAD reports the official formula on the official inputs."""
 
 import json
 import re
@@ -16,7 +17,7 @@ from program_helpers import run_program, write_tiny_cifar10
 from gacd_tf import data
 from gacd_tf.attacks import PGD
 from gacd_tf.training.distribute import make_strategy
-from gacd_tf.methods import METHODS, MethodContext
+from gacd_tf.methods import METHODS, ARDDistiller, KDDistiller, MethodContext
 from gacd_tf.training import TrainingCheckpoint, fit_resumable
 from gacd_tf.methods.adaad import (AdaADAttack, AdaADDistiller, AdaADObjective,
                                               adaad_loss)
@@ -177,6 +178,60 @@ INNER_PROBLEMS = {
     "rslad": rslad_inner_problem,
     "adaad": adaad_inner_problem,
 }
+
+
+# --- A step of each method: the official formula on the official inputs ----------------
+
+def ce(logits, labels):
+    return -log_softmax(logits)[np.arange(len(labels)), labels].mean()
+
+
+OFFICIAL_STEP = {
+    # RepDistiller's KD: a T^2 KL(T(x)/T || S(x)/T), batch mean, + (1 - a) CE(S(x)).
+    "kd": (dict(), lambda s, t, x, x_adv, y: 0.9 * 16 * kl_rows(t(x) / 4, s(x) / 4).mean()
+           + 0.1 * ce(s(x), y)),
+    # ARD's main.py: a T^2 KLDivLoss() (mean over every element) of S(x_adv)/T against
+    # T(x)/T, + (1 - a) CE(S(x)); a = 0.5 here, so the natural pass counts too.
+    "ard": (dict(ard_alpha=0.5), lambda s, t, x, x_adv, y: 0.5 * 900 * kl_rows(
+        t(x) / 30, s(x_adv) / 30).mean() / 10 + 0.5 * ce(s(x), y)),
+    "rslad": (dict(), lambda s, t, x, x_adv, y: official_rslad(s(x_adv), s(x), t(x), tiny=0.0)),
+    "adaad": (dict(adaad_alpha=0.4), lambda s, t, x, x_adv, y: official_adaad(
+        s(x_adv), s(x), t(x_adv), t(x), 0.4)),
+}
+
+
+STEP_CLASSES = {"kd": KDDistiller, "ard": ARDDistiller, "rslad": RSLADDistiller,
+                "adaad": AdaADDistiller}
+
+
+@pytest.mark.parametrize("method", list(OFFICIAL_STEP))
+def test_a_step_s_loss_is_the_official_formula_on_the_official_inputs(method):
+    """Which network sees which images (x or x_adv) in the step: the losses are tested
+    above; here the step's reported loss, with a fixed x_adv in place of the attack."""
+    networks = {}
+    for name, seed, width in (("student", 1, 4), ("teacher", 2, 6)):
+        network = tiny(seed, name, classes=10, width=width, batch_norm=False)
+        logits = network.get_layer("logits")
+        logits.kernel.assign(30.0 * logits.kernel)  # logits of several units
+        networks[name] = network
+    options, official = OFFICIAL_STEP[method]
+    trainer = STEP_CLASSES[method](networks["student"], networks["teacher"], weight_decay=0.0,
+                                   **options)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.0))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (8, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 10, 8).astype("int32")
+    x_adv = np.clip(x + rng.choice([-0.5, 0.5], x.shape), 0, 1).astype("float32")
+    trainer.attack = lambda *args: tf.constant(x_adv)
+    loss = trainer.train_on_batch(x, y, return_dict=True)["loss"]
+
+    def network_of(name):
+        return lambda images: networks[name](images).numpy().astype("float64")
+
+    s, t = network_of("student"), network_of("teacher")
+    assert loss == pytest.approx(official(s, t, x, x_adv, y), rel=1e-5)
+    # The inputs matter: the formula with x and x_adv swapped is another number.
+    assert abs(official(s, t, x_adv, x, y) - loss) > 1e-3 * abs(loss)
 
 
 def inner_problem(method, steps, seed=5):
