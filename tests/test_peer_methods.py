@@ -186,22 +186,28 @@ def ce(logits, labels):
     return -log_softmax(logits)[np.arange(len(labels)), labels].mean()
 
 
+def teacher_confidence(t, x, y):
+    """GACD's sample weight, applied to ARD by its reweighting ablation: p_T(x)[y]."""
+    return np.exp(log_softmax(t(x)))[np.arange(len(y)), y]
+
+
 OFFICIAL_STEP = {
     # RepDistiller's KD: a T^2 KL(T(x)/T || S(x)/T), batch mean, + (1 - a) CE(S(x)).
-    "kd": (dict(), lambda s, t, x, x_adv, y: 0.9 * 16 * kl_rows(t(x) / 4, s(x) / 4).mean()
-           + 0.1 * ce(s(x), y)),
+    "kd": (KDDistiller, dict(), lambda s, t, x, x_adv, y: 0.9 * 16 * kl_rows(
+        t(x) / 4, s(x) / 4).mean() + 0.1 * ce(s(x), y)),
     # ARD's main.py: a T^2 KLDivLoss() (mean over every element) of S(x_adv)/T against
     # T(x)/T, + (1 - a) CE(S(x)); a = 0.5 here, so the natural pass counts too.
-    "ard": (dict(ard_alpha=0.5), lambda s, t, x, x_adv, y: 0.5 * 900 * kl_rows(
+    "ard": (ARDDistiller, dict(ard_alpha=0.5), lambda s, t, x, x_adv, y: 0.5 * 900 * kl_rows(
         t(x) / 30, s(x_adv) / 30).mean() / 10 + 0.5 * ce(s(x), y)),
-    "rslad": (dict(), lambda s, t, x, x_adv, y: official_rslad(s(x_adv), s(x), t(x), tiny=0.0)),
-    "adaad": (dict(adaad_alpha=0.4), lambda s, t, x, x_adv, y: official_adaad(
+    # The same with each example's KL weighted by the teacher's confidence.
+    "ard reweighted": (ARDDistiller, dict(ard_alpha=0.5, reweight=True),
+                       lambda s, t, x, x_adv, y: 0.5 * 900 * (teacher_confidence(t, x, y) * kl_rows(
+                           t(x) / 30, s(x_adv) / 30)).mean() / 10 + 0.5 * ce(s(x), y)),
+    "rslad": (RSLADDistiller, dict(), lambda s, t, x, x_adv, y: official_rslad(
+        s(x_adv), s(x), t(x), tiny=0.0)),
+    "adaad": (AdaADDistiller, dict(adaad_alpha=0.4), lambda s, t, x, x_adv, y: official_adaad(
         s(x_adv), s(x), t(x_adv), t(x), 0.4)),
 }
-
-
-STEP_CLASSES = {"kd": KDDistiller, "ard": ARDDistiller, "rslad": RSLADDistiller,
-                "adaad": AdaADDistiller}
 
 
 @pytest.mark.parametrize("method", list(OFFICIAL_STEP))
@@ -214,9 +220,9 @@ def test_a_step_s_loss_is_the_official_formula_on_the_official_inputs(method):
         logits = network.get_layer("logits")
         logits.kernel.assign(30.0 * logits.kernel)  # logits of several units
         networks[name] = network
-    options, official = OFFICIAL_STEP[method]
-    trainer = STEP_CLASSES[method](networks["student"], networks["teacher"], weight_decay=0.0,
-                                   **options)
+    trainer_class, options, official = OFFICIAL_STEP[method]
+    trainer = trainer_class(networks["student"], networks["teacher"], weight_decay=0.0,
+                            **options)
     trainer.compile(optimizer=keras.optimizers.SGD(0.0))
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (8, 8, 8, 3)).astype("float32")
