@@ -70,6 +70,19 @@ def test_step_decay_decays_at_the_boundary_step_one_step_before_piecewise_consta
     assert [float(restored(t)) for t in range(12)] == ours
 
 
+def test_sgd_optimizer_passes_its_momentum_and_schedule_to_both_forms():
+    # 2 steps per epoch, 4 epochs: decays x0.5 after epoch 1 and at 50 % (steps 2 and 4).
+    options = dict(decay_epochs=[1, "50%"], decay_factor=0.5, momentum=0.8)
+    torch_form = sgd_optimizer(0.1, 2, 4, **options)
+    assert isinstance(torch_form, TorchSGD) and torch_form.momentum == 0.8
+    np.testing.assert_allclose(run(torch_form), numpy_torch_sgd(
+        [1.0, -2.0], GRADS, [0.1, 0.1, 0.05, 0.05, 0.025], 0.8), rtol=1e-6)
+    keras_form = sgd_optimizer(0.1, 2, 4, sgd_form="keras", **options)
+    assert keras_form.momentum == 0.8
+    np.testing.assert_allclose(run(keras_form), numpy_keras_sgd(  # one step later
+        [1.0, -2.0], GRADS, [0.1, 0.1, 0.1, 0.05, 0.05], 0.8), rtol=1e-6)
+
+
 def test_sgd_optimizer_forms_and_their_refusal():
     assert isinstance(sgd_optimizer(0.1, 10, 2), TorchSGD)
     keras_form = sgd_optimizer(0.1, 10, 2, sgd_form="keras")
