@@ -224,7 +224,9 @@ def test_shipped_grids_and_their_flagfiles_parse(monkeypatch):
 def test_the_cpu_grid_gives_every_row_the_same_budget():
     common = (ROOT / "flags/reproduce/cpu/common.cfg").read_text()
     assert "--epochs=5" in common and "--aft_epochs=1" in common
-    for path in (ROOT / "flags/reproduce/cpu").glob("*_aft.cfg"):
+    with_aft = sorted((ROOT / "flags/reproduce/cpu").glob("*_aft.cfg"))
+    assert len(with_aft) == 5, with_aft  # natural, KD, ARD and GACD's two forms
+    for path in with_aft:
         lines = [line for line in path.read_text().splitlines() if line.startswith("--")]
         assert lines[0] == "--flagfile=flags/reproduce/cpu/common.cfg"
         assert not [line for line in lines if line.split("=")[0] in (
