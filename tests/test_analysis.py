@@ -97,8 +97,18 @@ def test_linear_probe_resizes_other_image_sizes_and_attacks_the_target_pixels():
     probe = LinearProbe(tiny(0, batch_norm=False), num_classes=5, input_shape=(16, 16, 3))
     x = np.random.default_rng(0).uniform(0, 1, (4, 16, 16, 3)).astype("float32")
     assert tuple(probe.model(x).shape) == (4, 5)
-    x_adv = PGD(steps=2)(probe.model, x, tf.constant([0, 1, 2, 3])).numpy()
+    head = probe.head.kernel
+    head.assign(np.random.default_rng(1).normal(0, 1, head.shape))  # a trained head's stand-in
+    y = tf.constant([0, 1, 2, 3])
+    x_adv = PGD(steps=2, random_start=False)(probe.model, x, y).numpy()
     assert x_adv.shape == x.shape and np.abs(x_adv - x).max() <= 8 / 255 + 1e-6
+    # No random start: the points moved by the gradient through the resizing, uphill.
+    assert np.abs(x_adv - x).max() > 4 / 255
+
+    def loss(images):
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(y, probe.model(images)).numpy()
+
+    assert (loss(x_adv) > loss(x)).all()
 
 
 # --------------------------------------------------------------------------
