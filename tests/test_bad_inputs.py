@@ -269,6 +269,10 @@ def test_bad_input_exits_with_one_clear_line(inputs, tmp_path, case, program, ex
     result = run_program(program, *_args(program, extra, inputs, out), timeout=120)
     _assert_one_error_line(result, [f.format(root=inputs) for f in fragments])
     _assert_nothing_complete(out)
+    if case == "export_version_exists":  # its export folder is the inputs', not out
+        versions = inputs / "versions"
+        assert [p.name for p in versions.iterdir()] == ["1"]
+        assert not list((versions / "1").iterdir())  # version 1 left as it was
 
 
 def test_unsafe_load_loads_a_lambda_model_with_a_warning(inputs, tmp_path):
