@@ -47,9 +47,10 @@ def assert_same_weights(path, reference):
     worst = max(float(np.abs(a - b).max()) for a, b in zip(got, want))
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=0, atol=ATOL)
-    # The training moved the weights, so the comparison can fail.
-    fresh = build_model("resnet8", num_classes=10).get_weights()
-    assert any(a.shape == f.shape and not np.allclose(a, f) for a, f in zip(got, fresh))
+    # The training moved the weights, so the comparison can fail: the logits' bias
+    # starts at 0 whatever the seed, and only an optimizer step moves it.
+    bias = keras.saving.load_model(path, compile=False).get_layer("logits").bias
+    assert np.abs(bias.numpy()).max() > 0
     return worst
 
 
