@@ -8,6 +8,7 @@ a transfer evaluation counts only points correct on the clean image. The
 programs' refusals are rows of tests/test_bad_inputs.py.
 """
 
+import collections
 import json
 import os
 import pathlib
@@ -124,6 +125,30 @@ def test_layout_settings_and_model_interface(trained):
     again = export_tflite(trained["model"], trained["root"] / "int8", quantize="int8",
                           calibration_images=(trained["x_train"][:10] * 255).astype(np.uint8))
     assert existing_versions(trained["root"] / "int8") == [1, 2] and again.endswith("2/model.tflite")
+    # uint8 calibration images are read as pixels / 255: the same ranges, the same accuracy.
+    x, y = trained["x_test"], trained["y_test"]
+    assert accuracy(load_tflite(again), x, y) >= accuracy(trained["model"], x, y) - 0.03
+
+
+def tensor_dtypes(path):
+    """How many tensors of each dtype the TFLite file holds."""
+    details = tflite_model._Interpreter(model_path=str(path)).get_tensor_details()
+    return collections.Counter(np.dtype(t["dtype"]).name for t in details)
+
+
+def test_each_quantisation_is_in_the_file_not_only_in_its_settings(trained, tmp_path):
+    dtypes = {q: tensor_dtypes(p) for q, p in trained["paths"].items()}
+    print(dtypes)
+    assert not dtypes["none"]["int8"] and not dtypes["none"]["float16"]
+    assert dtypes["float16"]["float16"] and not dtypes["float16"]["int8"]
+    # int8: the activations too, between a float32 input and output.
+    assert dtypes["int8"]["int8"] >= 4 and dtypes["int8"]["float32"] == 2
+    assert not np.array_equal(load_tflite(trained["paths"]["int8"])(trained["x_test"][:16]),
+                              load_tflite(trained["paths"]["none"])(trained["x_test"][:16]))
+    # Dynamic range: int8 weights, float32 activations. The converter leaves a weight of
+    # under 1,024 values in float (all of the fixture's), so a wider convolution here.
+    wide = export_tflite(tiny(0, classes=3, width=64), tmp_path / "dynamic", quantize="dynamic")
+    assert tensor_dtypes(wide)["int8"] >= 1 and tensor_dtypes(wide)["float32"] >= 4
 
 
 def test_int8_natural_accuracy_within_3_points_of_float(trained):
