@@ -152,13 +152,24 @@ def test_encoded_png_images_equal_serving_default_on_the_decoded_images(exported
 
 def test_encoded_images_decode_jpeg_grey_and_other_sizes(exported):
     rng = np.random.default_rng(4)
-    batch = tf.stack([
-        tf.io.encode_jpeg(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)),
-        tf.io.encode_png(rng.integers(0, 256, (64, 48, 1), dtype=np.uint8)),  # grey, resized
-        tf.io.encode_png(rng.integers(0, 256, (20, 20, 4), dtype=np.uint8)),  # RGBA, upsized
-    ])
+    colour = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    grey = rng.integers(0, 256, (64, 48, 1), dtype=np.uint8)
+    rgba = rng.integers(0, 256, (20, 20, 4), dtype=np.uint8)
+    jpeg = tf.io.encode_jpeg(colour)
+    batch = tf.stack([jpeg, tf.io.encode_png(grey), tf.io.encode_png(rgba)])
     out = exported["loaded"].signatures["encoded_images"](images=batch)
     assert out["logits"].shape == (3, 10) and out["class_ids"].shape == (3,)
+    # The same as the float signature on the images decoded and resized by hand: RGB
+    # (grey repeated, alpha dropped), k / 255, bilinear with antialiasing to 32 x 32.
+
+    def resized(pixels):
+        return tf.image.resize(pixels.astype(np.float32) / 255.0, [32, 32], "bilinear",
+                               antialias=True).numpy()
+
+    by_hand = np.stack([tf.io.decode_jpeg(jpeg).numpy().astype(np.float32) / 255.0,
+                        resized(np.repeat(grey, 3, axis=-1)), resized(rgba[..., :3])])
+    want = exported["loaded"].signatures["serving_default"](images=tf.constant(by_hand))
+    np.testing.assert_allclose(out["logits"].numpy(), want["logits"].numpy(), atol=1e-4)
 
 
 def test_wrong_dtype_or_shape_fails_clearly_at_the_signature(exported):
@@ -297,6 +308,15 @@ def test_export_and_evaluate_programs(exported, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(out.read_text())
     assert metrics["num_examples"] == 10 and metrics["model"] == str(base)
+    # The export measures as the .keras file it came from, same flags.
+    from_keras = tmp_path / "eval_keras.json"
+    result = run_program("evaluate", f"--model={exported['keras_path']}",
+                         f"--data_dir={tmp_path / 'data'}", "--attack_steps=1", "--batch_size=5",
+                         f"--output={from_keras}", "--verbose=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    want = json.loads(from_keras.read_text())
+    for key in ("natural_accuracy", "robust_accuracy"):
+        assert metrics[key] == want[key], (key, metrics, want)
 
     result = run_program("export", f"--model={tmp_path / 'missing.keras'}",
                          f"--export_dir={base}")
