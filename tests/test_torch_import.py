@@ -267,12 +267,14 @@ def test_missing_unexpected_and_misshaped_keys_are_named(tiny):
         import_torch_model(state, "resnet20")
 
 
-def test_normalisation_buffers_in_the_checkpoint_are_used(tiny):
-    """Rice2020Overfitting-style mu/sigma buffers become the model's normalisation."""
+@pytest.mark.parametrize("keys", [("mu", "sigma"), ("mean", "std")])
+def test_normalisation_buffers_in_the_checkpoint_are_used(tiny, keys):
+    """Rice2020Overfitting-style mu/sigma (or mean/std) buffers become the model's
+    normalisation: values of no dataset, so no built-in statistics can stand in."""
     net, state = tiny
-    mu, sigma = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
-    model = import_torch_model(dict(state, mu=torch.tensor(mu).view(1, 3, 1, 1),
-                                    sigma=torch.tensor(sigma).view(1, 3, 1, 1)),
+    mu, sigma = (0.3, 0.5, 0.7), (0.2, 0.3, 0.4)
+    model = import_torch_model(dict(state, **{keys[0]: torch.tensor(mu).view(1, 3, 1, 1),
+                                              keys[1]: torch.tensor(sigma).view(1, 3, 1, 1)}),
                                "wrn_28_10", **TINY)
     images = random_images()
     normalised = (images - np.array(mu, np.float32)) / np.array(sigma, np.float32)
