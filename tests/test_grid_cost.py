@@ -40,15 +40,19 @@ def test_run_cost_scales_only_the_epoch(grid_cost):
     assert student["projected_seconds"] == 30 * 4.0 + 6.0 + 10.0
 
 
+def write_grid(folder, grid_section, extra_methods=""):
+    """A grid of a 20-epoch teacher and one row, A+AFT (10 epochs, 1 of AFT), read back."""
+    (folder / "teacher.cfg").write_text("--epochs=20\n")
+    (folder / "a.cfg").write_text("--epochs=10\n--aft_epochs=1\n")
+    (folder / "grid.cfg").write_text(
+        f"[grid]\n{grid_section}\n[teacher]\nflagfile = {folder / 'teacher.cfg'}\n\n"
+        f"[methods]\nA+AFT = {folder / 'a.cfg'}\n{extra_methods}")
+    return reproduce.read_grid(str(folder / "grid.cfg"))
+
+
 def test_projection_counts_the_teacher_once_and_each_row_per_seed(grid_cost, tmp_path):
-    (tmp_path / "teacher.cfg").write_text("--epochs=20\n")
-    (tmp_path / "a.cfg").write_text("--epochs=10\n--aft_epochs=1\n")
-    grid_path = tmp_path / "grid.cfg"
-    grid_path.write_text(
-        "[grid]\nseeds = 0, 1, 2\n\n[teacher]\n"
-        f"flagfile = {tmp_path / 'teacher.cfg'}\n\n[methods]\n"
-        f"A+AFT = {tmp_path / 'a.cfg'}\nA = before_aft of A+AFT\n")
-    grid, out = reproduce.read_grid(str(grid_path)), tmp_path / "runs"
+    grid = write_grid(tmp_path, "seeds = 0, 1, 2\n", "A = before_aft of A+AFT\n")
+    out = tmp_path / "runs"
     with pytest.raises(grid_cost.app.UsageError, match="no one-epoch runs"):
         grid_cost.projection(grid, str(out))
     # One-epoch runs of seed 0 as grid_cost leaves them: metrics.json and the ledger.
@@ -68,13 +72,7 @@ def test_projection_counts_the_teacher_once_and_each_row_per_seed(grid_cost, tmp
 
 
 def test_the_probe_grid_runs_the_first_seed_for_one_epoch(grid_cost, tmp_path):
-    (tmp_path / "teacher.cfg").write_text("--epochs=20\n")
-    (tmp_path / "a.cfg").write_text("--epochs=10\n--aft_epochs=1\n")
-    grid_path = tmp_path / "grid.cfg"
-    grid_path.write_text(
-        "[grid]\nseeds = 3, 4\nextra_args = --verbose=2\n\n[teacher]\n"
-        f"flagfile = {tmp_path / 'teacher.cfg'}\n\n[methods]\nA+AFT = {tmp_path / 'a.cfg'}\n")
-    grid = reproduce.read_grid(str(grid_path))
+    grid = write_grid(tmp_path, "seeds = 3, 4\nextra_args = --verbose=2\n")
     probe = grid_cost.probe_grid(grid)
     assert (grid.seeds, grid.extra_args) == ([3, 4], ["--verbose=2"])  # left as it was
     runs = reproduce.planned_runs(probe, str(tmp_path / "runs"))
