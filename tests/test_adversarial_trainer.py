@@ -102,7 +102,7 @@ def test_trades_loss_is_ce_plus_beta_kl():
     # A fixed perturbation in place of the attack, recording the target it is given.
     delta = np.random.default_rng(1).choice([-0.5, 0.5], x.shape).astype("float32")
     x_adv, targets = np.clip(x + delta, 0.0, 1.0), []
-    trainer.attack = lambda model, images, target: targets.append(target) or tf.constant(x_adv)
+    trainer.attack = lambda network, images, target: targets.append(target) or tf.constant(x_adv)
     loss = trainer.train_on_batch(x, y, return_dict=True)["loss"]
 
     def log_softmax(z):

@@ -240,7 +240,7 @@ def test_transfer_attacks_the_source_and_counts_on_the_target():
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(2)
     result = evaluate_transfer(Brightness(0.5), Brightness(0.42), dataset, AcrossTheBoundary(),
                                verbose=0, return_examples=True)
-    want = np.array([0.60, 0.40, 0.25, 0.25], np.float32)  # made on the target: .65 third
+    want = np.array([0.60, 0.40, 0.25, 0.25], np.float32)  # on the target: 0.65 third
     np.testing.assert_allclose(result["x_adv"], np.broadcast_to(want[:, None, None, None],
                                                                 x.shape), atol=1e-6)
     np.testing.assert_array_equal(result["clean_correct"], [False, True, True, True])
