@@ -11,6 +11,7 @@ from gacd_tf.attacks import PGD, GaussianStartPGD, KLDivergence
 from gacd_tf.errors import ConfigError
 from gacd_tf.methods import AdversarialTrainer
 from gacd_tf.training import TrainingCheckpoint
+from numpy_refs import batchmean_kl, log_softmax
 
 
 def tiny_model(seed=0):
@@ -105,14 +106,11 @@ def test_trades_loss_is_ce_plus_beta_kl():
     trainer.attack = lambda network, images, target: targets.append(target) or tf.constant(x_adv)
     loss = trainer.train_on_batch(x, y, return_dict=True)["loss"]
 
-    def log_softmax(z):
-        z = z.astype("float64") - z.max(-1, keepdims=True)
-        return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-    log_p_nat, log_p_adv = log_softmax(model(x).numpy()), log_softmax(model(x_adv).numpy())
+    logits_nat, logits_adv = model(x).numpy(), model(x_adv).numpy()
+    log_p_nat = log_softmax(logits_nat)
     ce = -log_p_nat[np.arange(len(y)), y].mean()
     # KL(p_nat || p_adv), summed over classes, averaged over the batch (trades.py:82-84).
-    kl = (np.exp(log_p_nat) * (log_p_nat - log_p_adv)).sum(-1).mean()
+    kl = batchmean_kl(logits_adv, logits_nat)
     assert kl > 0.01  # the perturbation moves the prediction, so beta matters
     np.testing.assert_allclose(loss, ce + 6.0 * kl, rtol=1e-5)
     # The attack ascends KL away from the clean prediction, given as probabilities.

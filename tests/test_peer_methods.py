@@ -23,6 +23,7 @@ from gacd_tf.methods.adaad import (AdaADAttack, AdaADDistiller, AdaADObjective,
                                               adaad_loss)
 from gacd_tf.methods.igdm import IGDMDistiller
 from gacd_tf.methods.rslad import RSLADAttack, RSLADDistiller, rslad_loss
+from numpy_refs import kl_rows, log_softmax
 from tiny_models import tiny
 
 EPS = 8 / 255
@@ -34,17 +35,6 @@ OFFICIAL_ALPHA = {
     "rslad": 5 / 6,
     "adaad": 1.0,
 }
-
-
-def log_softmax(z):
-    z = z - z.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-
-def kl_rows(teacher_logits, student_logits):
-    """sum_c p_T (log p_T - log p_S) per row, float64."""
-    log_p, log_q = log_softmax(teacher_logits), log_softmax(student_logits)
-    return (np.exp(log_p) * (log_p - log_q)).sum(-1)
 
 
 def random_logits(rng, batch, classes, count):
